@@ -1,0 +1,230 @@
+//! The renderer: a validated pipeline plus a run's context becomes a self-checked Argo Workflow.
+//!
+//! `context` decides everything and produces plain data; Handlebars templates (embedded from
+//! `templates/`, or read from a directory given with `--templates`) lay that data out as JSON.
+//! Strict mode makes a template that names a missing field an error, and the one helper `q`
+//! JSON-encodes every value, so a value can never add or remove structure. The text is parsed
+//! back and checked (`check`) before anything is returned.
+
+mod check;
+mod context;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use handlebars::{Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason};
+use serde_json::Value;
+
+use crate::pipeline::{EventKind, Pipeline};
+use crate::profile::Profile;
+
+pub use check::check_workflow;
+
+/// Marks, inside a distributed step's pod spec, where a workflow argument goes.
+const ARG_PLACEHOLDER: &str = "\u{1}ferry-arg:";
+
+/// The templates shipped in the binary: (name, text).
+const EMBEDDED: [(&str, &str); 5] = [
+    ("workflow", include_str!("../../../templates/workflow.json.hbs")),
+    ("step-container", include_str!("../../../templates/step-container.json.hbs")),
+    ("step-resource", include_str!("../../../templates/step-resource.json.hbs")),
+    ("pytorchjob", include_str!("../../../templates/pytorchjob.json.hbs")),
+    ("jobset", include_str!("../../../templates/jobset.json.hbs")),
+];
+
+/// What went wrong while rendering.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A template could not be read or compiled.
+    #[error("template {name}: {message}")]
+    Template {
+        /// Template name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// The run context is not usable.
+    #[error("invalid run context: {0}")]
+    Context(String),
+    /// The pipeline names something the profile lacks (it was validated without this profile).
+    #[error("{0}")]
+    Profile(String),
+    /// The rendered text is not JSON, or fails the self-check: a bug in a template.
+    #[error("rendered manifest failed its self-check: {0}")]
+    SelfCheck(String),
+}
+
+/// Everything about one run that the manifest depends on besides the pipeline and the profile.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The store's run id (the workflow is `ferry-<run_id>`).
+    pub run_id: u64,
+    /// Project name.
+    pub project: String,
+    /// Clone URL.
+    pub repo_url: String,
+    /// Full commit SHA (40 or 64 hex digits).
+    pub sha: String,
+    /// The full ref, like `refs/heads/main`.
+    pub git_ref: String,
+    /// The branch being built (a merge request's source branch).
+    pub branch: Option<String>,
+    /// The tag being built.
+    pub tag: Option<String>,
+    /// The merge request number.
+    pub merge_request: Option<u64>,
+    /// What started the run.
+    pub event: EventKind,
+    /// Parameters, already resolved against the pipeline's declarations.
+    pub params: BTreeMap<String, String>,
+    /// Kubernetes namespace.
+    pub namespace: Option<String>,
+    /// Link to the run in the dashboard.
+    pub dashboard_url: Option<String>,
+}
+
+/// A step decided out when the run was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedStep {
+    /// Step name.
+    pub step: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A rendered, self-checked workflow.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The Workflow object.
+    pub manifest: Value,
+    /// Steps recorded as skipped at creation (not in the manifest).
+    pub skipped: Vec<SkippedStep>,
+}
+
+/// Compiled templates.
+pub struct Renderer {
+    hb: Handlebars<'static>,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renderer")
+    }
+}
+
+/// The quoting helper: `{{q value}}` writes the value JSON-encoded.
+fn quote(h: &Helper<'_>, _: &Handlebars<'_>, _: &Context, _: &mut RenderContext<'_, '_>, out: &mut dyn Output) -> HelperResult {
+    let param = h.param(0).ok_or(RenderErrorReason::ParamNotFoundForIndex("q", 0))?;
+    if param.is_value_missing() {
+        let name = param.relative_path().cloned().unwrap_or_default();
+        return Err(RenderErrorReason::MissingVariable(Some(name)).into());
+    }
+    let text = serde_json::to_string(param.value()).map_err(|e| RenderErrorReason::Other(e.to_string()))?;
+    out.write(&text)?;
+    Ok(())
+}
+
+impl Renderer {
+    /// The templates built into the binary.
+    pub fn embedded() -> Renderer {
+        Self::with(EMBEDDED.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect())
+            .unwrap_or_else(|e| panic!("embedded templates must compile: {e}"))
+    }
+
+    /// The embedded templates, with any `NAME.json.hbs` in `dir` replacing its namesake.
+    pub fn from_dir(dir: &Path) -> Result<Renderer, RenderError> {
+        let mut templates = Vec::new();
+        for (name, text) in EMBEDDED {
+            let path = dir.join(format!("{name}.json.hbs"));
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => text.to_owned(),
+                Err(e) => return Err(RenderError::Template { name: path.display().to_string(), message: e.to_string() }),
+            };
+            templates.push((name.to_owned(), text));
+        }
+        Self::with(templates)
+    }
+
+    fn with(templates: Vec<(String, String)>) -> Result<Renderer, RenderError> {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.register_escape_fn(handlebars::no_escape);
+        hb.register_helper("q", Box::new(quote));
+        for (name, text) in templates {
+            hb.register_template_string(&name, text)
+                .map_err(|e| RenderError::Template { name: name.clone(), message: e.to_string() })?;
+        }
+        Ok(Renderer { hb })
+    }
+
+    /// Renders and self-checks the workflow of one run.
+    pub fn render(&self, pipeline: &Pipeline, profile: &Profile, ctx: &RunContext) -> Result<Rendered, RenderError> {
+        check_context(ctx)?;
+        let mut built = context::build(pipeline, profile, ctx)?;
+        for (index, job) in std::mem::take(&mut built.jobs) {
+            let manifest = self.render_job(&job)?;
+            built.workflow["steps"][index]["resource"] = manifest;
+        }
+        let text = self.run("workflow", &built.workflow)?;
+        let manifest: Value = serde_json::from_str(&text)
+            .map_err(|e| RenderError::SelfCheck(format!("template `workflow` did not produce JSON: {e}")))?;
+        check_workflow(&manifest).map_err(RenderError::SelfCheck)?;
+        Ok(Rendered { manifest, skipped: built.skipped })
+    }
+
+    fn run(&self, name: &str, data: &Value) -> Result<String, RenderError> {
+        self.hb.render(name, data).map_err(|e| RenderError::Template { name: name.to_owned(), message: e.to_string() })
+    }
+
+    /// Renders the inner PyTorchJob / JobSet of a distributed step to its manifest text.
+    fn render_job(&self, job: &Value) -> Result<Value, RenderError> {
+        let (template, success, failure) = match job["kind"].as_str() {
+            Some("jobset") => ("jobset", "status.terminalState == Completed", "status.terminalState == Failed"),
+            _ => ("pytorchjob", "status.replicaStatuses.Master.succeeded > 0", "status.replicaStatuses.Master.failed > 0"),
+        };
+        let text = self.run(template, job)?;
+        let object: Value = serde_json::from_str(&text)
+            .map_err(|e| RenderError::SelfCheck(format!("template `{template}` did not produce JSON: {e}")))?;
+        check::check_job(&object).map_err(RenderError::SelfCheck)?;
+        let manifest = embed_args(&serde_json::to_string(&object).unwrap_or_default());
+        Ok(serde_json::json!({"success": success, "failure": failure, "manifest": manifest}))
+    }
+}
+
+/// Swaps argument placeholders (JSON strings) for `toJson` expressions, which Argo evaluates to a
+/// JSON-encoded string, so a value lands in the inner manifest as one JSON string whatever it holds.
+fn embed_args(text: &str) -> String {
+    let marker = serde_json::to_string(ARG_PLACEHOLDER).unwrap_or_default();
+    let marker = &marker[..marker.len() - 1];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(marker) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + marker.len()..];
+        let end = after.find('"').unwrap_or(after.len());
+        out.push_str(&format!("{{{{=toJson(workflow.parameters['{}'])}}}}", &after[..end]));
+        rest = &after[(end + 1).min(after.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn check_context(ctx: &RunContext) -> Result<(), RenderError> {
+    let hex = ctx.sha.len() >= 7 && ctx.sha.len() <= 64 && ctx.sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex {
+        return Err(RenderError::Context(format!("`{}` is not a commit SHA", ctx.sha)));
+    }
+    if ctx.run_id == 0 {
+        return Err(RenderError::Context("run ids start at 1".into()));
+    }
+    if let Some(ns) = &ctx.namespace
+        && !crate::pipeline::is_dns_label(ns)
+    {
+        return Err(RenderError::Context(format!("`{ns}` is not a namespace name")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,72 @@
+//! Command-line verbs: `validate`, `render`, `schema`.
+
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ferry_engine::pipeline;
+use ferry_engine::profile::Profile;
+
+/// Ferry turns git pushes into GPU training on Kubernetes (Argo Workflows).
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check pipeline files and print every problem as file:line:col: field: message.
+    Validate {
+        /// A pipeline file, a `.ferry` directory, or a repository root (default: `.`).
+        path: Option<PathBuf>,
+        /// The cluster profile; without it, checks that need one are skipped.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+    },
+    /// Print the Argo Workflow of a pipeline.
+    Render(render::RenderArgs),
+    /// Print the JSON Schema of pipeline files (for yaml-language-server and other editors).
+    Schema,
+}
+
+/// Runs one command; the exit code is 1 when the input has problems.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate { path, profile } => validate(path.as_deref().unwrap_or(Path::new(".")), profile.as_deref()),
+        Command::Render(args) => render::render(args),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&pipeline::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads and checks a profile file, printing its problems.
+pub(crate) fn load_profile(path: &Path) -> Result<Profile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read profile {}", path.display()))?;
+    Profile::from_yaml(&path.display().to_string(), &text).map_err(|problems| anyhow::anyhow!("invalid profile:\n{problems}"))
+}
+
+fn validate(path: &Path, profile: Option<&Path>) -> Result<ExitCode> {
+    let profile = profile.map(load_profile).transpose()?;
+    let files = pipeline::read_dir(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if files.is_empty() {
+        eprintln!("no pipeline files (*.yaml, *.yml) under {}", path.display());
+        return Ok(ExitCode::from(1));
+    }
+    if profile.is_none() {
+        eprintln!("note: no --profile given; GPU types, queues, priorities, node groups, volume presets, environments and limits were not checked");
+    }
+    let loaded = pipeline::load_files(&files, profile.as_ref());
+    for problem in &loaded.problems {
+        println!("{problem}");
+    }
+    let bad = files.len() - loaded.pipelines.len();
+    eprintln!("{} file(s): {} valid, {} with problems", files.len(), loaded.pipelines.len(), bad);
+    Ok(if loaded.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
