@@ -53,7 +53,7 @@ impl std::error::Error for Problems {}
 ///
 /// Returns `None` when nothing is close enough to be a plausible typo.
 pub fn did_you_mean<'a>(given: &str, allowed: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (given.chars().count() / 3).max(1);
+    let limit = (given.chars().count().div_ceil(3)).max(1);
     allowed
         .into_iter()
         .map(|name| (edit_distance(given, name), name))

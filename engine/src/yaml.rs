@@ -75,7 +75,8 @@ fn strip_position(message: &str) -> &str {
     }
 }
 
-/// Adds "did you mean" to serde's unknown field / variant messages.
+/// Adds "did you mean" to serde's unknown field / variant messages, which read
+/// ``unknown field `x`, expected one of a, b`` (or `` `a`, `b` ``, or ``expected `a` ``).
 fn improve_message(message: &str) -> String {
     let Some(rest) = message
         .strip_prefix("unknown field `")
@@ -84,7 +85,11 @@ fn improve_message(message: &str) -> String {
         return message.to_owned();
     };
     let Some((given, tail)) = rest.split_once('`') else { return message.to_owned() };
-    let allowed: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    let list = tail
+        .split_once("expected one of ")
+        .or_else(|| tail.split_once("expected "))
+        .map_or("", |(_, l)| l);
+    let allowed: Vec<&str> = list.split(", ").map(|a| a.trim_matches('`')).collect();
     match did_you_mean(given, allowed.iter().copied()) {
         Some(best) => format!("{message}; did you mean `{best}`?"),
         None => message.to_owned(),

@@ -30,7 +30,14 @@ pub fn load(file: &str, text: &str, profile: Option<&Profile>) -> Result<Pipelin
         let mut problems: Vec<Problem> = raw
             .into_iter()
             .map(|(path, message)| {
-                let (line, column) = map.locate(&path);
+                // A path ending in `@key` points at the field name rather than its value.
+                let (path, (line, column)) = match path.strip_suffix("@key") {
+                    Some(p) => (p.to_owned(), map.locate_key(p)),
+                    None => {
+                        let at = map.locate(&path);
+                        (path, at)
+                    }
+                };
                 Problem { file: file.to_owned(), line, column, path, message }
             })
             .collect();

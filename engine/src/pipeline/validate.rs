@@ -96,7 +96,7 @@ impl Checker<'_> {
     fn params(&mut self, params: &BTreeMap<String, ScalarText>) -> BTreeMap<String, String> {
         for name in params.keys() {
             if !is_param_name(name) {
-                self.push(format!("params.{name}"), format!("`{name}` is not a valid parameter name: use `[a-z][a-z0-9_]*`"));
+                self.push(format!("params.{name}@key"), format!("`{name}` is not a valid parameter name: use `[a-z][a-z0-9_]*`"));
             }
         }
         params.iter().map(|(k, v)| (k.clone(), v.to_text())).collect()
@@ -209,9 +209,9 @@ impl Checker<'_> {
 
     fn env_name(&mut self, path: &str, name: &str) {
         if !is_env_name(name) {
-            self.push(format!("{path}.{name}"), format!("`{name}` is not a valid environment variable name"));
+            self.push(format!("{path}.{name}@key"), format!("`{name}` is not a valid environment variable name"));
         } else if name.starts_with("FERRY_") {
-            self.push(format!("{path}.{name}"), format!("`{name}`: names starting with FERRY_ are set by ferry"));
+            self.push(format!("{path}.{name}@key"), format!("`{name}`: names starting with FERRY_ are set by ferry"));
         }
     }
 
