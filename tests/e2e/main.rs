@@ -1,1 +1,18 @@
+//! End-to-end tests of ferry: the engine's public API and the `ferry` binary, from the outside.
+//!
+//! - `argo_schema`: every example, rendered for several kinds of run, validates against Argo's
+//!   JSON schema and full CRD in strict mode; inner PyTorchJob / JobSet manifests parse.
+//! - `snapshot`: the push-to-main manifest of every example, as insta snapshots.
+//! - `distributed`: the pods of PyTorchJob / JobSet steps get the torchrun variables and workspace.
+//! - `gates`: skipped steps, `depends` and `when` follow `needs`, `if.events` and `if.metrics`.
+//! - `injection`: hostile refs, tags and parameter values never change a manifest's structure.
+//! - `cli`: `ferry validate`, `ferry schema` and `ferry render` as a user runs them.
+//! - `hostile_yaml`: alias bombs, huge files and deep nesting are refused.
 
+mod argo_schema;
+mod cli;
+mod distributed;
+mod gates;
+mod hostile_yaml;
+mod injection;
+mod snapshot;

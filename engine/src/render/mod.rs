@@ -166,15 +166,20 @@ impl Renderer {
             let manifest = self.render_job(&job)?;
             built.workflow["steps"][index]["resource"] = manifest;
         }
-        let text = self.run("workflow", &built.workflow)?;
+        let text = self.run("workflow", built.workflow)?;
         let manifest: Value = serde_json::from_str(&text)
             .map_err(|e| RenderError::SelfCheck(format!("template `workflow` did not produce JSON: {e}")))?;
         check_workflow(&manifest).map_err(RenderError::SelfCheck)?;
         Ok(Rendered { manifest, skipped: built.skipped })
     }
 
-    fn run(&self, name: &str, data: &Value) -> Result<String, RenderError> {
-        self.hb.render(name, data).map_err(|e| RenderError::Template { name: name.to_owned(), message: e.to_string() })
+    /// Renders a template. The data is moved into the context: `Handlebars::render` would first
+    /// copy the whole tree through serde.
+    fn run(&self, name: &str, data: Value) -> Result<String, RenderError> {
+        let ctx = Context::from(data);
+        self.hb
+            .render_with_context(name, &ctx)
+            .map_err(|e| RenderError::Template { name: name.to_owned(), message: e.to_string() })
     }
 
     /// Renders the inner PyTorchJob / JobSet of a distributed step to its manifest text.
@@ -183,7 +188,7 @@ impl Renderer {
             Some("jobset") => ("jobset", "status.terminalState == Completed", "status.terminalState == Failed"),
             _ => ("pytorchjob", "status.replicaStatuses.Master.succeeded > 0", "status.replicaStatuses.Master.failed > 0"),
         };
-        let text = self.run(template, job)?;
+        let text = self.run(template, job.clone())?;
         let object: Value = serde_json::from_str(&text)
             .map_err(|e| RenderError::SelfCheck(format!("template `{template}` did not produce JSON: {e}")))?;
         check::check_job(&object).map_err(RenderError::SelfCheck)?;

@@ -1,0 +1,362 @@
+//! The `ferry` binary as a user runs it: `validate`, `schema`, `render`.
+//!
+//! The binary is `target/<profile>/ferry`, built by `cargo test --workspace`.
+
+use ferry_engine::pipeline::{self, EventKind};
+use ferry_engine::render::RunContext;
+use ferry_tests::{
+    SHA, TempDir, clip, default_params, diffs, example, examples, ferry, profile, render,
+    schema_errors, workspace_root, yaml_to_json,
+};
+use serde_json::Value;
+
+const PROFILE: &str = "examples/profile.yaml";
+
+/// The train-eval-deploy example with `resources:` of its first step misspelt; returns the text
+/// and the 1-based (line, column) of the misspelt key.
+fn misspelt_pipeline() -> (String, usize, usize) {
+    let text = example("train-eval-deploy").text;
+    let steps_at = text.find("\nsteps:").expect("the example has steps");
+    let key_at = steps_at
+        + text[steps_at..]
+            .find("resources:")
+            .expect("its first step has resources");
+    let broken = format!(
+        "{}resorces:{}",
+        &text[..key_at],
+        &text[key_at + "resources:".len()..]
+    );
+    let line = broken[..key_at].matches('\n').count() + 1;
+    let column = key_at - broken[..key_at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    (broken, line, column)
+}
+
+#[test]
+fn validate_accepts_the_examples_with_the_profile() {
+    let run = ferry(
+        &workspace_root(),
+        &["validate", "examples/pipelines", "--profile", PROFILE],
+    );
+    assert_eq!(run.code, 0, "{run}");
+    for ex in examples() {
+        assert!(
+            !run.stdout.contains(&format!("{}:", ex.file)),
+            "a problem was reported for {}:\n{run}",
+            ex.file
+        );
+    }
+}
+
+#[test]
+fn validate_reports_a_misspelt_key_with_file_line_column_path_and_suggestion() {
+    let dir = TempDir::new("validate");
+    let (broken, line, column) = misspelt_pipeline();
+    dir.write(".ferry/resnet.yaml", &broken);
+    dir.write(".ferry/other.yml", &example("rtx4090d-single").text);
+    let profile = workspace_root().join(PROFILE);
+    let profile = profile.to_str().expect("utf-8 path");
+    for args in [
+        vec!["validate", ".ferry", "--profile", profile],
+        vec!["validate", ".ferry"],
+    ] {
+        let run = ferry(dir.path(), &args);
+        assert_eq!(run.code, 1, "{run}");
+        let prefix = format!(
+            ".ferry/resnet.yaml:{line}:{column}: steps[0].resorces: unknown field `resorces`"
+        );
+        let hit = run.stdout.lines().find(|l| l.starts_with(&prefix));
+        let hit = hit.unwrap_or_else(|| panic!("no line starting with `{prefix}`:\n{run}"));
+        assert!(
+            hit.ends_with("; did you mean `resources`?"),
+            "no suggestion in `{hit}`"
+        );
+        assert!(
+            !run.stdout.contains(".ferry/other.yml:"),
+            "the valid file got a problem:\n{run}"
+        );
+    }
+}
+
+#[test]
+fn validate_of_a_repository_root_reads_its_ferry_directory() {
+    let dir = TempDir::new("validate-root");
+    let (broken, line, column) = misspelt_pipeline();
+    dir.write(".ferry/nested/resnet.yaml", &broken);
+    dir.write("not-a-pipeline.yaml", "this: is not scanned\n");
+    let run = ferry(dir.path(), &["validate"]);
+    assert_eq!(run.code, 1, "{run}");
+    let expected =
+        format!("resnet.yaml:{line}:{column}: steps[0].resorces: unknown field `resorces`");
+    assert!(
+        run.stdout.lines().any(|l| l.contains(&expected)),
+        "no `{expected}` line:\n{run}"
+    );
+    assert!(
+        !run.stdout.contains("not-a-pipeline.yaml"),
+        "a file outside .ferry was read:\n{run}"
+    );
+}
+
+#[test]
+fn schema_accepts_every_example_and_rejects_a_misspelt_key() {
+    let run = ferry(&workspace_root(), &["schema"]);
+    assert_eq!(run.code, 0, "{run}");
+    let schema: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"));
+    assert_eq!(
+        schema,
+        pipeline::json_schema(),
+        "`ferry schema` differs from pipeline::json_schema()"
+    );
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("not a usable JSON Schema: {e}"));
+    for ex in examples() {
+        let doc = yaml_to_json(&ex.file, &ex.text);
+        let errors = schema_errors(&validator, &doc);
+        assert!(
+            errors.is_empty(),
+            "{} fails `ferry schema`:\n{}",
+            ex.file,
+            errors.join("\n")
+        );
+    }
+    let (broken, _, _) = misspelt_pipeline();
+    let errors = schema_errors(&validator, &yaml_to_json("misspelt", &broken));
+    assert!(
+        errors.iter().any(|e| e.contains("resorces")),
+        "`ferry schema` accepts a step with `resorces`: {errors:?}"
+    );
+    let mut wrong_type = yaml_to_json("train-eval-deploy", &example("train-eval-deploy").text);
+    wrong_type["steps"][0]["resources"]["gpu"] = Value::String("four".into());
+    let errors = schema_errors(&validator, &wrong_type);
+    assert!(
+        errors.iter().any(|e| e.starts_with("/steps/0/resources")),
+        "`ferry schema` accepts gpu: \"four\": {errors:?}"
+    );
+}
+
+/// The context `ferry render` builds from `--sha SHA --repo URL` and the given ref/event.
+fn cli_context(
+    pipeline: &pipeline::Pipeline,
+    event: EventKind,
+    git_ref: &str,
+    branch: Option<&str>,
+    tag: Option<&str>,
+) -> RunContext {
+    RunContext {
+        run_id: 1,
+        project: "local".into(),
+        repo_url: "https://x/y.git".into(),
+        sha: SHA.into(),
+        git_ref: git_ref.into(),
+        branch: branch.map(str::to_owned),
+        tag: tag.map(str::to_owned),
+        merge_request: None,
+        event,
+        params: default_params(pipeline),
+        namespace: None,
+        dashboard_url: None,
+    }
+}
+
+fn render_cli(file: &str, extra: &[&str]) -> ferry_tests::Run {
+    let mut args = vec![
+        "render",
+        file,
+        "--profile",
+        PROFILE,
+        "--sha",
+        SHA,
+        "--repo",
+        "https://x/y.git",
+    ];
+    args.extend_from_slice(extra);
+    ferry(&workspace_root(), &args)
+}
+
+fn assert_same(what: &str, cli: &Value, in_process: &Value) {
+    let d = diffs(in_process, cli);
+    assert!(
+        d.is_empty(),
+        "{what}: `ferry render` differs from the in-process render at {} place(s):\n{}",
+        d.len(),
+        d.iter()
+            .take(20)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn render_json_equals_the_in_process_render_for_every_example() {
+    let profile = profile();
+    for ex in examples() {
+        let run = render_cli(&ex.file, &["--ref", "main", "-o", "json"]);
+        assert_eq!(run.code, 0, "{run}");
+        let cli: Value =
+            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"));
+        let pipeline = ex.load();
+        let ctx = cli_context(
+            &pipeline,
+            EventKind::Push,
+            "refs/heads/main",
+            Some("main"),
+            None,
+        );
+        assert_same(
+            &ex.file,
+            &cli,
+            &render(&pipeline, &profile, &ctx, &ex.file).manifest,
+        );
+    }
+}
+
+#[test]
+fn render_tag_manual_and_param_flags_match_the_in_process_render() {
+    let profile = profile();
+    let ex = example("train-eval-deploy");
+    let pipeline = ex.load();
+
+    let run = render_cli(
+        &ex.file,
+        &["--event", "tag", "--ref", "v1.2.0", "-o", "json"],
+    );
+    assert_eq!(run.code, 0, "{run}");
+    let cli: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"));
+    let ctx = cli_context(
+        &pipeline,
+        EventKind::Tag,
+        "refs/tags/v1.2.0",
+        None,
+        Some("v1.2.0"),
+    );
+    assert_same(
+        "tag v1.2.0",
+        &cli,
+        &render(&pipeline, &profile, &ctx, "tag").manifest,
+    );
+
+    let run = render_cli(
+        &ex.file,
+        &[
+            "--event",
+            "manual",
+            "--ref",
+            "refs/heads/exp/a",
+            "--param",
+            "lr=0.05",
+            "--param",
+            "epochs=3",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run}");
+    let cli: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"));
+    let mut ctx = cli_context(
+        &pipeline,
+        EventKind::Manual,
+        "refs/heads/exp/a",
+        Some("exp/a"),
+        None,
+    );
+    ctx.params = pipeline
+        .resolve_params(&[("lr".into(), "0.05".into()), ("epochs".into(), "3".into())])
+        .expect("declared parameters");
+    assert_same(
+        "manual with --param",
+        &cli,
+        &render(&pipeline, &profile, &ctx, "manual").manifest,
+    );
+}
+
+#[test]
+fn render_yaml_output_reads_back_as_the_same_manifest_with_every_string_a_string() {
+    // Values that YAML 1.1 readers (kubectl, sigs.k8s.io/yaml) would turn into booleans, numbers or
+    // null when emitted without quotes, plus the spec's hostile ref.
+    let profile = profile();
+    let ex = example("train-eval-deploy");
+    let pipeline = ex.load();
+    let tricky = [
+        ("arch", "yes"),
+        ("lr", "0.1"),
+        ("epochs", "010"),
+        ("batch_size", "on"),
+    ];
+    let mut args = vec![
+        "--event",
+        "manual",
+        "--ref",
+        "exp/a\";$(reboot)#{{x}}",
+        "-o",
+        "yaml",
+    ];
+    let flags: Vec<String> = tricky.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for f in &flags {
+        args.extend(["--param", f.as_str()]);
+    }
+    let run = render_cli(&ex.file, &args);
+    assert_eq!(run.code, 0, "{run}");
+    let cli = yaml_to_json("`ferry render -o yaml` output", &run.stdout);
+    let branch = "exp/a\";$(reboot)#{{x}}";
+    let mut ctx = cli_context(
+        &pipeline,
+        EventKind::Manual,
+        &format!("refs/heads/{branch}"),
+        Some(branch),
+        None,
+    );
+    let overrides: Vec<(String, String)> = tricky
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    ctx.params = pipeline
+        .resolve_params(&overrides)
+        .expect("declared parameters");
+    assert_same(
+        "-o yaml",
+        &cli,
+        &render(&pipeline, &profile, &ctx, "manual").manifest,
+    );
+    // YAML 1.1 plain scalars: a value emitted bare would change type for kubectl.
+    for (_, v) in tricky {
+        for line in run.stdout.lines() {
+            let bare =
+                line.trim_end().ends_with(&format!(": {v}")) || line.trim() == format!("- {v}");
+            assert!(
+                !bare,
+                "`{v}` is emitted as a plain scalar, which YAML 1.1 readers retype: `{}`",
+                clip(line)
+            );
+        }
+    }
+}
+
+#[test]
+fn render_refuses_an_undeclared_parameter_and_names_it() {
+    let ex = example("train-eval-deploy");
+    let run = render_cli(
+        &ex.file,
+        &["--ref", "main", "--param", "undeclared=1", "-o", "json"],
+    );
+    assert_ne!(run.code, 0, "{run}");
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains("undeclared"),
+        "the message does not name `undeclared`:\n{run}"
+    );
+    assert!(
+        !run.stdout.contains("\"apiVersion\""),
+        "a manifest was printed anyway:\n{run}"
+    );
+
+    let run = render_cli(&ex.file, &["--ref", "main", "--param", "lr", "-o", "json"]);
+    assert_ne!(run.code, 0, "{run}");
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("lr"),
+        "the message does not name `lr`:\n{run}"
+    );
+}
