@@ -126,7 +126,6 @@ fn pytorchjob_pods_get_nproc_per_node_and_node_rank() {
 }
 
 #[test]
-#[ignore = "engine bug: JobSet pods get no MASTER_ADDR, MASTER_PORT, WORLD_SIZE, and NODE_RANK falls back to RANK (unset) instead of JOB_COMPLETION_INDEX"]
 fn jobset_pods_get_the_torchrun_variables() {
     // JobSet (unlike the training operator) sets none of these: ferry has to.
     let mut missing = Vec::new();
@@ -157,7 +156,6 @@ fn jobset_pods_get_the_torchrun_variables() {
 }
 
 #[test]
-#[ignore = "engine bug: the pods of a distributed step mount an emptyDir at /workspace, not the run's workspace volume"]
 fn distributed_pods_share_the_run_workspace() {
     let mut wrong = Vec::new();
     for distributed in [Distributed::Pytorchjob, Distributed::Jobset] {

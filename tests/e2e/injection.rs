@@ -424,7 +424,6 @@ fn value_at_parent_name<'a>(root: &'a Value, path: &JsonPath) -> Option<&'a str>
 }
 
 #[test]
-#[ignore = "engine bug: a pipeline string starting with the renderer's internal argument marker U+0001 `ferry-arg:` becomes an Argo expression in the inner manifest"]
 fn pipeline_strings_that_look_like_the_argument_marker_stay_data() {
     // Pipeline files are hostile too. The renderer marks argument slots of distributed steps with
     // "\u{1}ferry-arg:NAME" and swaps them for toJson expressions after rendering; a user string

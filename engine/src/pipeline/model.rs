@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-pub use super::spec::{ConcurrencyGroup, EventKind, StepKind};
+pub use super::spec::{AccessMode, ConcurrencyGroup, EventKind, StepKind};
 use crate::pipeline::expr::Expr;
 use crate::pipeline::glob::Glob;
 use crate::quantity::Quantity;
@@ -86,6 +86,8 @@ pub struct Workspace {
     pub size: Quantity,
     /// Storage class.
     pub storage_class: Option<String>,
+    /// Access mode.
+    pub access_mode: AccessMode,
 }
 
 /// A step with defaults merged in.

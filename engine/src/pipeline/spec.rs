@@ -195,6 +195,19 @@ pub struct WorkspaceSpec {
     /// Storage class of the workspace volume.
     #[serde(default)]
     pub storage_class: Option<String>,
+    /// Access mode: `ReadWriteOnce` (default) or `ReadWriteMany`, which steps running at once on
+    /// different nodes (parallel steps, `nodes > 1`) need.
+    #[serde(default)]
+    pub access_mode: Option<AccessMode>,
+}
+
+/// Volume access modes, as Kubernetes spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+pub enum AccessMode {
+    /// One node at a time.
+    ReadWriteOnce,
+    /// Many nodes.
+    ReadWriteMany,
 }
 
 /// Step kinds.

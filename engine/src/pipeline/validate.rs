@@ -41,7 +41,7 @@ pub fn validate(file: &str, spec: PipelineSpec, profile: Option<&Profile>) -> Re
     };
     let workspace = spec.workspace.as_ref().and_then(|w| {
         let size = c.quantity("workspace.size", &w.size)?;
-        Some(Workspace { size, storage_class: w.storage_class.clone() })
+        Some(Workspace { size, storage_class: w.storage_class.clone(), access_mode: w.access_mode.unwrap_or(AccessMode::ReadWriteOnce) })
     });
     let defaults = spec.defaults.clone().unwrap_or_default();
     c.defaults(&defaults);
@@ -249,7 +249,7 @@ impl Checker<'_> {
             }
         }
         if let Some(m) = &v.mount {
-            if !m.starts_with('/') || m.contains("..") || m.contains(':') {
+            if !m.starts_with('/') || m.contains("..") || m.chars().any(|c| c == ':' || c == '{' || c == '}' || c.is_control()) {
                 self.push(format!("{path}.mount"), format!("`{m}` is not an absolute path"));
             } else if RESERVED_MOUNTS.iter().any(|r| m == r || m.starts_with(&format!("{r}/"))) {
                 self.push(format!("{path}.mount"), format!("`{m}` is used by ferry ({})", RESERVED_MOUNTS.join(", ")));

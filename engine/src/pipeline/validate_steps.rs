@@ -111,7 +111,7 @@ impl Checker<'_> {
         let own = s.image.clone().map(ImageRef::Image).or_else(|| s.environment.clone().map(ImageRef::Environment));
         let inherited = d.image.clone().map(ImageRef::Image).or_else(|| d.environment.clone().map(ImageRef::Environment));
         match own.or(inherited) {
-            Some(ImageRef::Image(i)) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => {
+            Some(ImageRef::Image(i)) if i.trim().is_empty() || i.chars().any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}') => {
                 self.push(format!("{at}.image"), format!("`{i}` is not an image reference"));
                 ImageRef::Image(i)
             }

@@ -17,7 +17,7 @@ use crate::profile::{Distributed, Profile};
 
 /// The fixed shell wrapper every step runs: the user's script (from `FERRY_SCRIPT`) with `sh -e`,
 /// then the metrics file check. It is ferry's code; no user value is pasted into it.
-pub const WRAPPER: &str = r#"export NODE_RANK="${NODE_RANK:-${RANK:-0}}"
+pub const WRAPPER: &str = r#"export NODE_RANK="${NODE_RANK:-${RANK:-${JOB_COMPLETION_INDEX:-0}}}"
 sh -e -c "$FERRY_SCRIPT" ferry-script
 if [ -n "${FERRY_METRICS_FILE:-}" ]; then
   if [ ! -s "$FERRY_METRICS_FILE" ]; then echo "ferry: metrics file $FERRY_METRICS_FILE was not written" >&2; exit 1; fi
@@ -95,7 +95,7 @@ pub(super) fn build(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Result
         "image_pull_secrets": profile.image_pull_secrets,
         "pod_labels": labels,
         "arguments": arguments(p, ctx),
-        "workspace": p.workspace.as_ref().map(|w| json!({"size": w.size.as_str(), "storage_class": w.storage_class})),
+        "workspace": p.workspace.as_ref().map(|w| json!({"size": w.size.as_str(), "storage_class": w.storage_class, "access_mode": w.access_mode})),
         "tasks": tasks,
         "steps": steps,
     });

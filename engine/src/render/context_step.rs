@@ -111,10 +111,11 @@ fn pod_parts(
         ),
         None => None,
     };
-    let (volumes, mounts) = volumes(p, step, profile, distributed)?;
+    let (volumes, mounts) = volumes(p, step, profile, ctx, distributed)?;
+    let jobset = (distributed && distributed_kind(profile) == Distributed::Jobset).then(|| job_name(ctx, step));
     Ok(PodParts {
         image: image_of(step, profile)?,
-        env: env(p, step, ctx, distributed),
+        env: env(p, step, ctx, distributed, jobset.as_deref()),
         resources,
         volumes,
         mounts,
@@ -127,13 +128,13 @@ fn pod_parts(
 
 /// How a pod spec refers to a workflow argument. Inside a distributed step's manifest (a string
 /// that Argo substitutes into), the value must arrive JSON-encoded, so it is a `toJson` expression
-/// standing where a JSON value goes; it is written as a placeholder string and swapped after the
-/// manifest is serialised (see `render::embed_job`).
+/// standing where a JSON value goes. Here it is an object `{"$ferry_arg": NAME}`, which no value
+/// from a user can be (they are all strings); `render::write_manifest` writes it as the expression.
 fn value_of(arg: &str, distributed: bool) -> Value {
-    if distributed { Value::String(format!("{}{arg}", super::super::ARG_PLACEHOLDER)) } else { Value::String(arg_ref(arg)) }
+    if distributed { json!({ super::super::ARG_KEY: arg }) } else { Value::String(arg_ref(arg)) }
 }
 
-fn env(p: &Pipeline, step: &Step, ctx: &RunContext, distributed: bool) -> Vec<Value> {
+fn env(p: &Pipeline, step: &Step, ctx: &RunContext, distributed: bool, jobset: Option<&str>) -> Vec<Value> {
     let plain = |name: &str, value: String| json!({"name": name, "value": value});
     let mut env = vec![
         json!({"name": "FERRY_REPO", "value": value_of(ARG_REPO, distributed)}),
@@ -157,6 +158,13 @@ fn env(p: &Pipeline, step: &Step, ctx: &RunContext, distributed: bool) -> Vec<Va
     if distributed {
         env.push(plain("NPROC_PER_NODE", step.resources.gpu.max(1).to_string()));
     }
+    if let Some(jobset) = jobset {
+        // The training operator sets these for a PyTorchJob; a JobSet's pods get them from us.
+        // NODE_RANK comes from JOB_COMPLETION_INDEX in the wrapper.
+        env.push(plain("MASTER_ADDR", format!("{jobset}-node-0-0.{jobset}")));
+        env.push(plain("MASTER_PORT", "29500".to_owned()));
+        env.push(plain("WORLD_SIZE", step.nodes.to_string()));
+    }
     for key in step.env.keys() {
         env.push(json!({"name": key, "value": value_of(&env_arg(step, key), distributed)}));
     }
@@ -166,11 +174,15 @@ fn env(p: &Pipeline, step: &Step, ctx: &RunContext, distributed: bool) -> Vec<Va
     env
 }
 
-fn volumes(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) -> Result<(Vec<Value>, Vec<Value>), RenderError> {
+fn volumes(p: &Pipeline, step: &Step, profile: &Profile, ctx: &RunContext, distributed: bool) -> Result<(Vec<Value>, Vec<Value>), RenderError> {
     let mut vols = Vec::new();
     let mut mounts = Vec::new();
-    if p.workspace.is_none() || distributed {
-        vols.push(json!({"name": "workspace", "emptyDir": {}}));
+    match (&p.workspace, distributed) {
+        // The pods of a distributed step are not Argo's: they mount the claim Argo made from the
+        // `workspace` volumeClaimTemplate, which Argo names `<workflow name>-workspace`.
+        (Some(_), true) => vols.push(json!({"name": "workspace", "persistentVolumeClaim": {"claimName": format!("ferry-{}-workspace", ctx.run_id)}})),
+        (Some(_), false) => {}
+        (None, _) => vols.push(json!({"name": "workspace", "emptyDir": {}})),
     }
     mounts.push(json!({"name": "workspace", "mountPath": "/workspace"}));
     if distributed {
@@ -205,10 +217,15 @@ fn scratch_volume(size: &str, class: Option<&str>) -> Value {
     }
 }
 
+/// The name of a distributed step's PyTorchJob or JobSet.
+fn job_name(ctx: &RunContext, step: &Step) -> String {
+    let name = format!("ferry-{}-{}", ctx.run_id, step.name);
+    name.chars().take(40).collect::<String>().trim_end_matches('-').to_owned()
+}
+
 /// The context of the inner job of a distributed step.
 fn job_context(p: &Pipeline, step: &Step, profile: &Profile, ctx: &RunContext, pod: &PodParts, labels: &Value) -> Value {
-    let name = format!("ferry-{}-{}", ctx.run_id, step.name);
-    let name: String = name.chars().take(63).collect::<String>().trim_end_matches('-').to_owned();
+    let name = job_name(ctx, step);
     let main = json!({
         "name": "pytorch",
         "image": pod.image,
@@ -249,7 +266,7 @@ fn job_context(p: &Pipeline, step: &Step, profile: &Profile, ctx: &RunContext, p
         "run_labels": labels,
         "deadline": step.timeout_secs.is_some(),
         "deadline_secs": step.timeout_secs,
-        "nproc": step.resources.gpu.max(1),
+        "nproc": step.resources.gpu.max(1).to_string(),
         "nodes": step.nodes,
         "workers": step.nodes - 1,
         "pod": {"metadata": {"labels": pod.pod_labels}, "spec": spec},

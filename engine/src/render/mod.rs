@@ -20,8 +20,8 @@ use crate::profile::Profile;
 
 pub use check::check_workflow;
 
-/// Marks, inside a distributed step's pod spec, where a workflow argument goes.
-const ARG_PLACEHOLDER: &str = "\u{1}ferry-arg:";
+/// Key of the object that stands, inside a distributed step's pod spec, for a workflow argument.
+const ARG_KEY: &str = "$ferry_arg";
 
 /// The templates shipped in the binary: (name, text).
 const EMBEDDED: [(&str, &str); 5] = [
@@ -192,27 +192,46 @@ impl Renderer {
         let object: Value = serde_json::from_str(&text)
             .map_err(|e| RenderError::SelfCheck(format!("template `{template}` did not produce JSON: {e}")))?;
         check::check_job(&object).map_err(RenderError::SelfCheck)?;
-        let manifest = embed_args(&serde_json::to_string(&object).unwrap_or_default());
+        let mut manifest = String::new();
+        write_manifest(&object, &mut manifest);
         Ok(serde_json::json!({"success": success, "failure": failure, "manifest": manifest}))
     }
 }
 
-/// Swaps argument placeholders (JSON strings) for `toJson` expressions, which Argo evaluates to a
-/// JSON-encoded string, so a value lands in the inner manifest as one JSON string whatever it holds.
-fn embed_args(text: &str) -> String {
-    let marker = serde_json::to_string(ARG_PLACEHOLDER).unwrap_or_default();
-    let marker = &marker[..marker.len() - 1];
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find(marker) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + marker.len()..];
-        let end = after.find('"').unwrap_or(after.len());
-        out.push_str(&format!("{{{{=toJson(workflow.parameters['{}'])}}}}", &after[..end]));
-        rest = &after[(end + 1).min(after.len())..];
+/// Writes an inner manifest as JSON text, writing each `{"$ferry_arg": NAME}` object as
+/// `{{=toJson(workflow.parameters['NAME'])}}`: Argo evaluates that to the argument JSON-encoded, so a
+/// value lands in the manifest as one JSON string whatever it holds. Only ferry builds such
+/// objects (every value from a user is a string), and NAME is one of ferry's argument names.
+fn write_manifest(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            if let (1, Some(Value::String(name))) = (map.len(), map.get(ARG_KEY)) {
+                out.push_str(&format!("{{{{=toJson(workflow.parameters['{name}'])}}}}"));
+                return;
+            }
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_manifest(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_manifest(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
-    out.push_str(rest);
-    out
 }
 
 fn check_context(ctx: &RunContext) -> Result<(), RenderError> {
