@@ -62,17 +62,35 @@ fn to_problem(file: &str, text: &str, error: &serde_saphyr::Error) -> Problem {
         .map(|l| (l.line() as u32, l.column() as u32))
         .unwrap_or((0, 0));
     let raw = error.without_snippet().to_string();
-    let message = improve_message(strip_position(&raw));
+    let stripped = strip_position(&raw);
+    let message = budget_message(stripped).unwrap_or_else(|| improve_message(stripped));
     let path = if line > 0 { SourceMap::build(text).path_at(line, column) } else { String::new() };
     Problem { file: file.to_owned(), line, column, path, message }
 }
 
-/// Removes the " at line X column Y" that serde-saphyr appends; we print positions ourselves.
+/// Removes a trailing " at line X column Y" that serde-saphyr appends; we print positions ourselves.
 fn strip_position(message: &str) -> &str {
-    match message.find(" at line ") {
-        Some(i) => &message[..i],
-        None => message,
-    }
+    let Some(i) = message.rfind(" at line ") else { return message };
+    let tail = &message[i + " at line ".len()..];
+    let positional = tail.split_once(" column ").is_some_and(|(l, c)| {
+        l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit())
+    });
+    if positional { &message[..i] } else { message }
+}
+
+/// Says which of ferry's YAML limits a document broke, in words.
+fn budget_message(message: &str) -> Option<String> {
+    let breach = message.strip_prefix("budget breached: ")?;
+    let what = match breach.split_whitespace().next().unwrap_or_default() {
+        "Aliases" => format!("more than {MAX_ALIASES} alias uses (`*name`); alias expansion (\"billion laughs\") is refused"),
+        "Events" | "Nodes" | "RecordedAnchorEvents" | "AnchorEvents" => {
+            format!("the document expands to more than {MAX_EVENTS} YAML nodes (through aliases or sheer size); alias expansion (\"billion laughs\") is refused")
+        }
+        "Depth" => format!("nesting depth over {MAX_DEPTH} levels"),
+        "Documents" => "more than one YAML document (`---`) in one file".to_owned(),
+        _ => format!("the document exceeds ferry's YAML limits ({breach})"),
+    };
+    Some(what)
 }
 
 /// Adds "did you mean" to serde's unknown field / variant messages, which read

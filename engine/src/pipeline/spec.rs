@@ -16,6 +16,7 @@ use serde::Deserialize;
 #[schemars(title = "ferry pipeline (version 1)")]
 pub struct PipelineSpec {
     /// Format version; must be 1.
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     /// Pipeline name: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 40 characters, unique in the repository.
     pub name: String,
