@@ -3,7 +3,6 @@
 //!
 //! `cargo bench -p ferry-engine --bench render`; figures go in docs/PERFORMANCE.md.
 
-#![expect(missing_docs, reason = "criterion's macros generate undocumented items")]
 
 use std::collections::BTreeMap;
 use std::hint::black_box;

@@ -152,7 +152,7 @@ impl Checker<'_> {
     }
 
     /// Checks a name against a profile table; skipped without a profile.
-    fn lookup<'n>(&mut self, path: &str, what: &str, name: &str, allowed: impl Fn(&Profile) -> Vec<&str>) {
+    fn lookup(&mut self, path: &str, what: &str, name: &str, allowed: impl Fn(&Profile) -> Vec<&str>) {
         let Some(profile) = self.profile else { return };
         let names = allowed(profile);
         if names.contains(&name) {
