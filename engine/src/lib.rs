@@ -5,6 +5,7 @@
 //! [`profile::Profile`] into a [`pipeline::Pipeline`]; [`render`] turns a pipeline plus a run's
 //! context into a self-checked Argo Workflow.
 
+pub mod config;
 pub mod event;
 pub mod pipeline;
 pub mod problem;

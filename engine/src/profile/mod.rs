@@ -223,7 +223,7 @@ impl Profile {
     }
 
     /// Checks references inside the profile; returns (field path, message) pairs.
-    fn check(&self) -> Vec<(String, String)> {
+    pub(crate) fn check(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Some(t) = &self.limits.max_timeout
             && let Err(e) = parse_duration(t)
