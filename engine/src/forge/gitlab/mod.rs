@@ -1,0 +1,3 @@
+//! GitLab: payload structs and their normalisation into ferry's event.
+
+pub mod webhook;
