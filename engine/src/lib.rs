@@ -13,4 +13,6 @@ pub mod problem;
 pub mod profile;
 pub mod quantity;
 pub mod render;
+pub mod service;
+pub mod store;
 pub mod yaml;

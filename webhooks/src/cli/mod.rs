@@ -20,6 +20,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: webhooks, planning, and (later) executors and reporting.
+    Serve {
+        /// The config file (default: ./ferry.yaml, else embedded defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Check pipeline files and print every problem as file:line:col: field: message.
     Validate {
         /// A pipeline file, a `.ferry` directory, or a repository root (default: `.`).
@@ -34,15 +43,43 @@ enum Command {
     Schema,
 }
 
+/// Log output formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Runs one command; the exit code is 1 when the input has problems.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Serve { config, log_format } => serve(config.as_deref(), log_format),
         Command::Validate { path, profile } => validate(path.as_deref().unwrap_or(Path::new(".")), profile.as_deref()),
         Command::Render(args) => render::render(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&pipeline::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn serve(config: Option<&Path>, format: LogFormat) -> Result<ExitCode> {
+    init_logs(format);
+    let loaded = crate::server::load_config(config, std::env::var("FERRY_DATABASE_URL").ok())?;
+    let secrets = crate::server::read_secrets(&loaded.config, |var| std::env::var(var).ok())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(crate::server::serve(loaded, secrets))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -1,0 +1,299 @@
+//! Planning: stored events become queued runs of exactly the pipelines they trigger.
+//!
+//! A worker takes pending events oldest first, per project in order: it fetches the commit into the
+//! project's bare mirror, reads `.ferry/` at that commit, validates it against the profile,
+//! computes the changed files, matches each pipeline's `on`, and creates runs with dedup keys, so
+//! planning an event twice (a crash between creating runs and marking the event planned) creates
+//! nothing new. A failed fetch is retried with back-off and reported in the log; the project's
+//! later events wait behind it, so order is kept. An invalid pipeline file becomes a failed run
+//! carrying its problems.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Config, ProjectConfig};
+use crate::event::{Event, EventKind as Ev, ForgeKind, MergeRequestAction};
+use crate::pipeline::{self, EventKind as Trigger};
+use crate::profile::Profile;
+use crate::service::matching::{self, Match};
+use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
+use crate::store::{EventId, NewRun, RunState, Store, StoreError, StoredEvent, now_millis};
+
+/// How many events one pass takes from a project.
+const BATCH: u32 = 32;
+/// Longest wait between planning attempts of a failing event.
+const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
+
+/// Why an event could not be planned now.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Fetching or reading the repository failed (retried).
+    #[error("git: {0}")]
+    Git(#[from] MirrorError),
+    /// The event names a project the config no longer has.
+    #[error("project `{0}` is not configured")]
+    UnknownProject(String),
+}
+
+/// The planning worker.
+pub struct Planner {
+    store: Store,
+    config: Arc<Config>,
+    profile: Arc<Profile>,
+    mirrors: Arc<Mirrors>,
+    credentials: Arc<dyn Fn(&ProjectConfig) -> Credentials + Send + Sync>,
+}
+
+impl Planner {
+    /// A planner keeping mirrors under `data_dir/mirrors`, cloning without credentials.
+    pub fn new(store: Store, config: Arc<Config>, profile: Arc<Profile>, data_dir: PathBuf) -> Planner {
+        Planner {
+            store,
+            config,
+            profile,
+            mirrors: Arc::new(Mirrors::new(data_dir.join("mirrors"))),
+            credentials: Arc::new(|_| Credentials::None),
+        }
+    }
+
+    /// Uses `f` to find each project's clone credentials (read from the environment at the edge).
+    pub fn with_credentials(mut self, f: impl Fn(&ProjectConfig) -> Credentials + Send + Sync + 'static) -> Planner {
+        self.credentials = Arc::new(f);
+        self
+    }
+
+    /// Plans until `stop` says so: on start (events left from before a restart), whenever `wake`
+    /// is notified, and when a retry falls due.
+    pub async fn run(self, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.plan_pending().await {
+                tracing::error!(error = %e, "planning pass failed");
+            }
+            let sleep = self.until_next_due().await;
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn until_next_due(&self) -> Duration {
+        match self.store.next_event_due_at().await {
+            Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0).clamp(10, 60_000)),
+            Ok(None) | Err(_) => Duration::from_secs(60),
+        }
+    }
+
+    /// One pass: every project with due events, each project's events in order. Returns how many
+    /// events were planned.
+    pub async fn plan_pending(&self) -> Result<usize, PlanError> {
+        let mut planned = 0;
+        let mut blocked: Vec<String> = Vec::new();
+        while let Some(project) = self.store.next_project_with_pending_events().await? {
+            if blocked.contains(&project) {
+                break;
+            }
+            let events = self.store.pending_events(&project, BATCH).await?;
+            for stored in events {
+                match self.plan_one(&stored).await {
+                    Ok(()) => planned += 1,
+                    Err(e) => {
+                        self.failed(&stored, &e).await?;
+                        blocked.push(project.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(planned)
+    }
+
+    async fn failed(&self, stored: &StoredEvent, error: &PlanError) -> Result<(), StoreError> {
+        let backoff = (1_000i64 << stored.attempts.clamp(0, 20)).min(MAX_BACKOFF_MS);
+        tracing::warn!(event.id = stored.id.0, project = %stored.project, attempts = stored.attempts + 1, retry_in_ms = backoff, error = %error, "planning failed; will retry");
+        self.store.mark_event_failed_attempt(stored.id, &error.to_string(), now_millis() + backoff).await?;
+        Ok(())
+    }
+
+    async fn plan_one(&self, stored: &StoredEvent) -> Result<(), PlanError> {
+        let project = self.config.project(&stored.project).ok_or_else(|| PlanError::UnknownProject(stored.project.clone()))?;
+        if let Some(target) = Target::of(&stored.event) {
+            let created = self.plan_target(project, stored.id, &stored.event, &target).await?;
+            tracing::info!(event.id = stored.id.0, project = %project.name, sha = %target.sha, runs = created, "event planned");
+        }
+        self.store.mark_event_planned(stored.id).await?;
+        Ok(())
+    }
+
+    async fn plan_target(&self, project: &ProjectConfig, event_id: EventId, event: &Event, target: &Target) -> Result<usize, PlanError> {
+        let mirrors = self.mirrors.clone();
+        let (p, creds, ev, tgt) = (project.clone(), (self.credentials)(project), event.clone(), target.clone());
+        let default_branch = project.default_branch.clone().or_else(|| default_branch_of(event)).unwrap_or_else(|| "main".into());
+        let read = tokio::task::spawn_blocking(move || -> Result<Read, MirrorError> {
+            let refspecs = refspecs(ev.forge, tgt.mr);
+            let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
+            // Fetches only when the commit is missing: a warm mirror answers without the network.
+            mirrors.ensure_commit_with(&p.name, &p.repo, &creds, &specs, &tgt.sha)?;
+            Ok(Read {
+                files: mirrors.pipeline_files(&p.name, &tgt.sha)?,
+                message: mirrors.commit_message(&p.name, &tgt.sha)?,
+                changes: mirrors.changes_for(&p.name, &ev, &default_branch)?,
+            })
+        })
+        .await
+        .map_err(|e| MirrorError::Internal(e.to_string()))??;
+        let message = target.message.clone().unwrap_or(read.message);
+        if matching::skip_requested(&message) {
+            tracing::info!(project = %project.name, sha = %target.sha, "head commit asks to skip CI");
+            return Ok(0);
+        }
+        let loaded = pipeline::load_files(&read.files, Some(&self.profile));
+        let mut created = 0;
+        for p in &loaded.pipelines {
+            if let Match::Run { trigger } = matching::matches(p, event, &read.changes) {
+                let yaml = text_of(&read.files, &p.file);
+                let mut run = target.new_run(project, event_id, trigger, &p.name, &p.file, yaml, Vec::new(), p.steps.iter().map(|s| s.name.clone()).collect());
+                run.params = p.params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                created += usize::from(self.store.create_run(&run).await?.1);
+            }
+        }
+        created += self.failed_runs(project, event_id, target, &read.files, &loaded.problems).await?;
+        Ok(created)
+    }
+
+    /// One failed run per invalid file, carrying its problems.
+    async fn failed_runs(&self, project: &ProjectConfig, event_id: EventId, target: &Target, files: &[(String, Vec<u8>)], problems: &[crate::problem::Problem]) -> Result<usize, PlanError> {
+        let mut created = 0;
+        let mut by_file: Vec<(&str, Vec<crate::problem::Problem>)> = Vec::new();
+        for p in problems {
+            match by_file.iter_mut().find(|(f, _)| *f == p.file) {
+                Some((_, list)) => list.push(p.clone()),
+                None => by_file.push((&p.file, vec![p.clone()])),
+            }
+        }
+        for (file, list) in by_file {
+            let name = std::path::Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or(file).to_owned();
+            let mut run = target.new_run(project, event_id, target.trigger, &name, file, text_of(files, file), list, Vec::new());
+            run.initial = RunState::Failed;
+            created += usize::from(self.store.create_run(&run).await?.1);
+        }
+        Ok(created)
+    }
+}
+
+/// What planning read from the mirror.
+struct Read {
+    files: Vec<(String, Vec<u8>)>,
+    message: String,
+    changes: Changes,
+}
+
+fn text_of(files: &[(String, Vec<u8>)], file: &str) -> String {
+    files.iter().find(|(f, _)| f == file).map(|(_, b)| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+}
+
+fn default_branch_of(event: &Event) -> Option<String> {
+    match &event.kind {
+        Ev::BranchPush(p) => p.default_branch.clone(),
+        Ev::TagPush(_) | Ev::MergeRequest(_) | Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => None,
+    }
+}
+
+/// Branches, tags, and the merge request's head when there is one (forks push there only).
+fn refspecs(forge: ForgeKind, mr: Option<u64>) -> Vec<String> {
+    let mut specs = vec!["+refs/heads/*:refs/heads/*".to_owned(), "+refs/tags/*:refs/tags/*".to_owned()];
+    if let Some(n) = mr {
+        specs.push(match forge {
+            ForgeKind::Gitlab => format!("+refs/merge-requests/{n}/head:refs/ferry/mr/{n}"),
+            ForgeKind::Github => format!("+refs/pull/{n}/head:refs/ferry/mr/{n}"),
+        });
+    }
+    specs
+}
+
+/// The commit an event builds and its context, for events that can start runs.
+#[derive(Debug, Clone)]
+struct Target {
+    sha: String,
+    git_ref: String,
+    branch: Option<String>,
+    tag: Option<String>,
+    mr: Option<u64>,
+    trigger: Trigger,
+    message: Option<String>,
+    scope: String,
+}
+
+impl Target {
+    fn of(event: &Event) -> Option<Target> {
+        match &event.kind {
+            Ev::BranchPush(p) => Some(Target {
+                sha: p.after.clone()?,
+                git_ref: format!("refs/heads/{}", p.branch),
+                branch: Some(p.branch.clone()),
+                tag: None,
+                mr: None,
+                trigger: Trigger::Push,
+                message: p.head_message.clone(),
+                scope: format!("push:{}", p.branch),
+            }),
+            Ev::TagPush(t) => Some(Target {
+                sha: t.sha.clone()?,
+                git_ref: format!("refs/tags/{}", t.tag),
+                branch: None,
+                tag: Some(t.tag.clone()),
+                mr: None,
+                trigger: Trigger::Tag,
+                message: t.head_message.clone(),
+                scope: format!("tag:{}", t.tag),
+            }),
+            Ev::MergeRequest(m) => match m.action {
+                MergeRequestAction::Opened | MergeRequestAction::Updated | MergeRequestAction::Reopened | MergeRequestAction::ReadyForReview => Some(Target {
+                    sha: m.head_sha.clone(),
+                    git_ref: format!("refs/ferry/mr/{}", m.number),
+                    branch: Some(m.source_branch.clone()),
+                    tag: None,
+                    mr: Some(m.number),
+                    trigger: Trigger::MergeRequest,
+                    message: m.head_message.clone(),
+                    scope: format!("mr:{}", m.number),
+                }),
+                MergeRequestAction::Closed | MergeRequestAction::Merged | MergeRequestAction::Other => None,
+            },
+            Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => None,
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "a run row has this many independent parts")]
+    fn new_run(&self, project: &ProjectConfig, event_id: EventId, trigger: Trigger, pipeline: &str, path: &str, yaml: String, problems: Vec<crate::problem::Problem>, steps: Vec<String>) -> NewRun {
+        NewRun {
+            project: project.name.clone(),
+            pipeline: pipeline.to_owned(),
+            sha: self.sha.clone(),
+            trigger,
+            event_id: Some(event_id),
+            rerun_of: None,
+            git_ref: self.git_ref.clone(),
+            branch: self.branch.clone(),
+            tag: self.tag.clone(),
+            mr: self.mr.and_then(|m| i64::try_from(m).ok()),
+            params: Default::default(),
+            pipeline_path: path.to_owned(),
+            pipeline_yaml: yaml,
+            problems,
+            initial: RunState::Queued,
+            dedup_scope: Some(self.scope.clone()),
+            steps,
+        }
+    }
+}

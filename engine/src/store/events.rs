@@ -1,0 +1,305 @@
+//! Deliveries: stored once per delivery key at intake, then planned by a worker.
+//!
+//! Intake calls [`Store::insert_event`] and answers the forge only after it returned. A planning
+//! worker finds work with [`Store::next_project_with_pending_events`] and
+//! [`Store::pending_events`] (oldest first, only those due), plans each event, then calls
+//! [`Store::mark_event_planned`], or [`Store::mark_event_failed_attempt`] with a retry time. An
+//! event that fails [`MAX_EVENT_ATTEMPTS`] times becomes `failed` and is not retried.
+
+use crate::event::{Event, ForgeKind};
+
+use super::states::EventState;
+use super::{
+    Columns, EventId, Store, StoreError, UnixMillis, now_millis, parse_word, with_pool, write_tx,
+};
+
+/// How many failed planning attempts turn an event `failed`.
+pub const MAX_EVENT_ATTEMPTS: i64 = 10;
+
+/// What [`Store::insert_event`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The delivery is new and is now stored with this id.
+    New(EventId),
+    /// The delivery key was already stored (a redelivery); nothing changed.
+    Duplicate(EventId),
+}
+
+impl Inserted {
+    /// The event's id, new or not.
+    pub fn id(self) -> EventId {
+        match self {
+            Inserted::New(id) | Inserted::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A stored delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Its id.
+    pub id: EventId,
+    /// The configured project it belongs to.
+    pub project: String,
+    /// The forge it came from.
+    pub forge: ForgeKind,
+    /// The delivery key it was stored under.
+    pub delivery_key: String,
+    /// The parsed event.
+    pub event: Event,
+    /// When intake stored it.
+    pub received_at: UnixMillis,
+    /// Where planning is.
+    pub state: EventState,
+    /// Failed planning attempts so far.
+    pub attempts: i64,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Not planned again before this time.
+    pub next_attempt_at: UnixMillis,
+}
+
+fn parse_forge(word: &str) -> Option<ForgeKind> {
+    [ForgeKind::Gitlab, ForgeKind::Github]
+        .into_iter()
+        .find(|f| f.as_str() == word)
+}
+
+fn event_from_row(row: &impl Columns) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        id: EventId(row.int("id")?),
+        project: row.text("project")?,
+        forge: parse_word("forge", &row.text("forge")?, parse_forge)?,
+        delivery_key: row.text("delivery_key")?,
+        event: serde_json::from_str(&row.text("event_json")?)?,
+        received_at: row.int("received_at")?,
+        state: parse_word("event state", &row.text("state")?, EventState::parse)?,
+        attempts: row.int("attempts")?,
+        last_error: row.opt_text("last_error")?,
+        next_attempt_at: row.int("next_attempt_at")?,
+    })
+}
+
+impl Store {
+    /// Stores a delivery under its key, in one transaction, unless the key is already stored.
+    ///
+    /// Returns [`Inserted::New`] once the row is durably committed (answer `202`), or
+    /// [`Inserted::Duplicate`] with the existing id for a redelivery (answer `200`), which changes
+    /// nothing. Safe under any number of concurrent calls with one key: exactly one is `New`.
+    /// Keys are unique across projects and forges; intake uses the forge's delivery id or the
+    /// body's SHA-256.
+    pub async fn insert_event(
+        &self,
+        project: &str,
+        forge: ForgeKind,
+        delivery_key: &str,
+        event: &Event,
+    ) -> Result<Inserted, StoreError> {
+        let json = serde_json::to_string(event)?;
+        let now = now_millis();
+        let inserted = write_tx!(self, |tx| {
+            let new: Option<(i64,)> = sqlx::query_as(
+                "INSERT INTO events (project, forge, delivery_key, event_json, received_at, state, \
+                 attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $5) \
+                 ON CONFLICT (delivery_key) DO NOTHING RETURNING id",
+            )
+            .bind(project)
+            .bind(forge.as_str())
+            .bind(delivery_key)
+            .bind(&json)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match new {
+                Some((id,)) => Inserted::New(EventId(id)),
+                None => {
+                    let (id,): (i64,) =
+                        sqlx::query_as("SELECT id FROM events WHERE delivery_key = $1")
+                            .bind(delivery_key)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    Inserted::Duplicate(EventId(id))
+                }
+            }
+        });
+        Ok(inserted)
+    }
+
+    /// The stored event with this delivery key.
+    pub async fn event_by_key(&self, key: &str) -> Result<Option<StoredEvent>, StoreError> {
+        with_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT id, project, forge, delivery_key, event_json, received_at, state, \
+                 attempts, last_error, next_attempt_at FROM events WHERE delivery_key = $1",
+            )
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(event_from_row).transpose()
+        })
+    }
+
+    /// The number of stored events (every state).
+    pub async fn event_count(&self) -> Result<i64, StoreError> {
+        with_pool!(self, |pool| {
+            let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events").fetch_one(pool).await?;
+            Ok(row.0)
+        })
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// The stored event with this id.
+    pub async fn event_by_id(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        with_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT id, project, forge, delivery_key, event_json, received_at, state, \
+                 attempts, last_error, next_attempt_at FROM events WHERE id = $1",
+            )
+            .bind(id.0)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(event_from_row).transpose()
+        })
+    }
+
+    /// Up to `limit` pending events of `project` that are due now, oldest first.
+    pub async fn pending_events(
+        &self,
+        project: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, project, forge, delivery_key, event_json, received_at, state, \
+                 attempts, last_error, next_attempt_at FROM events \
+                 WHERE state = 'pending' AND project = $1 AND next_attempt_at <= $2 \
+                 ORDER BY id LIMIT $3",
+            )
+            .bind(project)
+            .bind(now_millis())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(event_from_row).collect()
+        })
+    }
+
+    /// The project of the oldest pending event that is due now, if any: where a planning worker
+    /// should look next.
+    pub async fn next_project_with_pending_events(&self) -> Result<Option<String>, StoreError> {
+        with_pool!(self, |pool| {
+            let row: Option<(String,)> = sqlx::query_as(
+                "SELECT project FROM events WHERE state = 'pending' AND next_attempt_at <= $1 \
+                 ORDER BY id LIMIT 1",
+            )
+            .bind(now_millis())
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(|(p,)| p))
+        })
+    }
+
+    /// The earliest time at which a pending event is due (possibly in the past), or `None` when no
+    /// event is pending: how long a planning worker may sleep.
+    pub async fn next_event_due_at(&self) -> Result<Option<UnixMillis>, StoreError> {
+        with_pool!(self, |pool| {
+            let row: (Option<i64>,) =
+                sqlx::query_as("SELECT MIN(next_attempt_at) FROM events WHERE state = 'pending'")
+                    .fetch_one(pool)
+                    .await?;
+            Ok(row.0)
+        })
+    }
+
+    /// Marks a pending event planned. Idempotent: an event already planned is left as it is.
+    /// A `failed` event gives [`StoreError::Conflict`].
+    pub async fn mark_event_planned(&self, id: EventId) -> Result<(), StoreError> {
+        write_tx!(self, |tx| {
+            let done = sqlx::query(
+                "UPDATE events SET state = 'planned', next_attempt_at = $2 \
+                 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(id.0)
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 0 {
+                let state: Option<(String,)> =
+                    sqlx::query_as("SELECT state FROM events WHERE id = $1")
+                        .bind(id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match state {
+                    None => return Err(not_found(id)),
+                    Some((s,)) if s == EventState::Planned.as_str() => {}
+                    Some((s,)) => return Err(conflict(id, EventState::Pending, s)),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Records a failed planning attempt: increments `attempts`, keeps `error`, and makes the
+    /// event due again at `retry_at`. After [`MAX_EVENT_ATTEMPTS`] attempts the event becomes
+    /// `failed`. Returns the event's new state. Only a pending event can fail an attempt
+    /// ([`StoreError::Conflict`] otherwise).
+    pub async fn mark_event_failed_attempt(
+        &self,
+        id: EventId,
+        error: &str,
+        retry_at: UnixMillis,
+    ) -> Result<EventState, StoreError> {
+        let state = write_tx!(self, |tx| {
+            let row: Option<(String,)> = sqlx::query_as(
+                "UPDATE events SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3, \
+                 state = CASE WHEN attempts + 1 >= $4 THEN 'failed' ELSE 'pending' END \
+                 WHERE id = $1 AND state = 'pending' RETURNING state",
+            )
+            .bind(id.0)
+            .bind(error)
+            .bind(retry_at)
+            .bind(MAX_EVENT_ATTEMPTS)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some((s,)) => parse_word("event state", &s, EventState::parse)?,
+                None => {
+                    let state: Option<(String,)> =
+                        sqlx::query_as("SELECT state FROM events WHERE id = $1")
+                            .bind(id.0)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    return Err(match state {
+                        None => not_found(id),
+                        Some((s,)) => conflict(id, EventState::Pending, s),
+                    });
+                }
+            }
+        });
+        Ok(state)
+    }
+}
+
+fn not_found(id: EventId) -> StoreError {
+    StoreError::NotFound {
+        entity: "event",
+        id: id.0.to_string(),
+    }
+}
+
+fn conflict(id: EventId, expected: EventState, actual: String) -> StoreError {
+    StoreError::Conflict {
+        entity: "event",
+        id: id.0.to_string(),
+        expected: expected.as_str().to_string(),
+        actual,
+    }
+}

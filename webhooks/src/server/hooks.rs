@@ -1,0 +1,80 @@
+//! Webhook and operational handlers: thin, they delegate to `ferry_engine::service::intake`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferry_engine::event::ForgeKind;
+use ferry_engine::forge::HeaderSource;
+use ferry_engine::service::intake::{self, Outcome};
+
+use super::AppState;
+
+/// axum's headers as the engine reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+impl HeaderSource for Headers<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// `POST /hooks/gitlab`.
+pub async fn gitlab(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    receive(state, ForgeKind::Gitlab, headers, body).await
+}
+
+/// `POST /hooks/github`.
+pub async fn github(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    receive(state, ForgeKind::Github, headers, body).await
+}
+
+async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: Bytes) -> Response {
+    let result = intake::receive(&state.store, &state.config, &state.secrets, forge, &Headers(&headers), &body).await;
+    let (status, outcome, event) = match &result {
+        Ok(Outcome::Stored { project, event }) => {
+            tracing::info!(forge = forge.as_str(), project, event, "delivery stored");
+            state.planner_wake.notify_one();
+            (StatusCode::ACCEPTED, "stored", *event)
+        }
+        Ok(Outcome::Duplicate { project }) => {
+            tracing::info!(forge = forge.as_str(), project, "redelivery ignored");
+            (StatusCode::OK, "duplicate", "")
+        }
+        Ok(Outcome::Ignored { reason }) => {
+            tracing::info!(forge = forge.as_str(), reason, "delivery ignored");
+            (StatusCode::ACCEPTED, "ignored", "")
+        }
+        Ok(Outcome::Unauthorized) => {
+            tracing::warn!(forge = forge.as_str(), "delivery refused: wrong or missing secret");
+            (StatusCode::UNAUTHORIZED, "unauthorized", "")
+        }
+        Ok(Outcome::Malformed(why)) => {
+            tracing::warn!(forge = forge.as_str(), error = %why, "delivery refused: malformed");
+            (StatusCode::BAD_REQUEST, "malformed", "")
+        }
+        Err(e) => {
+            tracing::error!(forge = forge.as_str(), error = %e, "delivery not stored: database error");
+            (StatusCode::SERVICE_UNAVAILABLE, "store_error", "")
+        }
+    };
+    state.metrics.inc(
+        "ferry_deliveries_total",
+        "Webhook deliveries by forge, event and outcome.",
+        &[("event", event), ("forge", forge.as_str()), ("outcome", outcome)],
+    );
+    (status, format!("{outcome}\n")).into_response()
+}
+
+/// `GET /readyz`: the database answers.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}

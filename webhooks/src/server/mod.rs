@@ -1,0 +1,199 @@
+//! `ferry serve`: the HTTP server and the background planner, on one tokio runtime.
+//!
+//! Start-up reads the config once (or starts on embedded defaults), reads the secrets it names from
+//! the environment, opens the store (running migrations), starts the planner (which first plans
+//! whatever was stored but not planned before a restart), and serves until SIGINT/SIGTERM. Shutdown
+//! stops accepting, lets in-flight requests and the current planning pass finish, then closes the
+//! database.
+
+mod hooks;
+pub mod metrics;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use ferry_engine::config::Config;
+use ferry_engine::profile::Profile;
+use ferry_engine::service::intake::{Secret, Secrets};
+use ferry_engine::service::planner::Planner;
+use ferry_engine::store::Store;
+use tokio::sync::{Notify, watch};
+
+use self::metrics::Metrics;
+
+/// GitHub's largest webhook payload; GitLab's are smaller.
+pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The config, read once.
+    pub config: Arc<Config>,
+    /// The store.
+    pub store: Store,
+    /// Webhook secrets by project.
+    pub secrets: Arc<Secrets>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Wakes the planner when a new event is stored.
+    pub planner_wake: Arc<Notify>,
+}
+
+/// The configuration to start with, and where it came from.
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// The profile it names (empty when none).
+    pub profile: Profile,
+    /// A sentence for the start-up log.
+    pub source: String,
+}
+
+/// Reads `path`, or `./ferry.yaml`, or falls back to embedded defaults when neither exists.
+pub fn load_config(path: Option<&Path>, database_override: Option<String>) -> Result<Loaded> {
+    let default = Path::new("ferry.yaml");
+    let (mut config, base, source) = match path {
+        Some(p) => (read_config(p)?, p.parent().map(Path::to_path_buf), format!("config {}", p.display())),
+        None if default.exists() => (read_config(default)?, None, "config ./ferry.yaml".to_owned()),
+        None => (
+            Config::default(),
+            None,
+            "no ferry.yaml: starting on embedded defaults (127.0.0.1:8080, sqlite://ferry.db, local executor, no projects)".to_owned(),
+        ),
+    };
+    if let Some(url) = database_override {
+        config.database_url = url;
+    }
+    let profile = match (&config.profile, &config.profile_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(file)) => {
+            let file = base.map_or(file.clone(), |b| b.join(file));
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read profile_file {}", file.display()))?;
+            Profile::from_yaml(&file.display().to_string(), &text).map_err(|e| anyhow!("invalid profile:\n{e}"))?
+        }
+        (None, None) => Profile::default(),
+    };
+    Ok(Loaded { config, profile, source })
+}
+
+fn read_config(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    Config::from_yaml(&path.display().to_string(), &text).map_err(|e| anyhow!("invalid config:\n{e}"))
+}
+
+/// Reads each project's webhook secret from the environment variable it names.
+pub fn read_secrets(config: &Config, env: impl Fn(&str) -> Option<String>) -> Result<Secrets> {
+    let mut secrets = Secrets::new();
+    for p in &config.projects {
+        let Some(var) = &p.webhook_secret_env else { continue };
+        let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            anyhow!("project `{}`: environment variable {var} (webhook_secret_env) is not set", p.name)
+        })?;
+        secrets.insert(p.name.clone(), Secret::new(value.into_bytes()));
+    }
+    Ok(secrets)
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/hooks/gitlab", post(hooks::gitlab))
+        .route("/hooks/github", post(hooks::github))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(hooks::readyz))
+        .route("/metrics", get(hooks::metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(loaded: Loaded, secrets: Secrets) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(loaded.config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", loaded.config.listen))?;
+    serve_with(loaded, secrets, listener, shutdown_signal()).await
+}
+
+/// Runs the server on `listener` until `shutdown` completes (tests and benchmarks start it so).
+pub async fn serve_with(
+    loaded: Loaded,
+    secrets: Secrets,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let Loaded { config, profile, source } = loaded;
+    tracing::info!(config.source = %source, database = %redact_url(&config.database_url), "starting ferry");
+    let store = Store::open(&config.database_url).await.context("opening the database")?;
+    let config = Arc::new(config);
+    let wake = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let planner = Planner::new(store.clone(), config.clone(), Arc::new(profile), PathBuf::from(&config.data_dir));
+    let planner_task = tokio::spawn(planner.run(wake.clone(), stop_rx));
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        secrets: Arc::new(secrets),
+        metrics: Arc::new(Metrics::default()),
+        planner_wake: wake,
+    };
+    tracing::info!(listen = %listener.local_addr()?, "listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("shutting down: waiting for the planner to finish its pass");
+    let _ = stop_tx.send(true);
+    let _ = planner_task.await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// A database URL without its password, for logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_url("postgres://ferry:hunter2@db/ferry"), "postgres://ferry:***@db/ferry");
+        assert_eq!(redact_url("sqlite://ferry.db"), "sqlite://ferry.db");
+    }
+
+    #[test]
+    fn missing_secret_env_names_the_variable() {
+        let text = "projects:\n  - { name: resnet, repo: https://x/y.git, forge: gitlab, webhook_secret_env: RESNET_SECRET }\n";
+        let config = Config::from_yaml("ferry.yaml", text).expect("valid");
+        let err = read_secrets(&config, |_| None).expect_err("missing").to_string();
+        assert_eq!(err, "project `resnet`: environment variable RESNET_SECRET (webhook_secret_env) is not set");
+        let ok = read_secrets(&config, |_| Some("s3cret".into())).expect("set");
+        assert_eq!(ok["resnet"].expose(), b"s3cret");
+    }
+}
