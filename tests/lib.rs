@@ -36,6 +36,12 @@ pub fn shared_argo_dir() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
+/// `<workspace>/../shared/fixtures` (webhook payloads) when it exists.
+pub fn shared_fixtures_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    dir.is_dir().then_some(dir)
+}
+
 /// Reads a file, panicking with its path on failure.
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

@@ -73,7 +73,8 @@ fn strip_position(message: &str) -> &str {
     let Some(i) = message.rfind(" at line ") else { return message };
     let tail = &message[i + " at line ".len()..];
     let positional = tail.split_once(" column ").is_some_and(|(l, c)| {
-        l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit())
+        let l = l.trim_end_matches(',');
+        !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())
     });
     if positional { &message[..i] } else { message }
 }

@@ -8,6 +8,8 @@
 //! - `injection`: hostile refs, tags and parameter values never change a manifest's structure.
 //! - `cli`: `ferry validate`, `ferry schema` and `ferry render` as a user runs them.
 //! - `hostile_yaml`: alias bombs, huge files and deep nesting are refused.
+//! - `intake`: webhook deliveries over HTTP: fixtures, bad secrets, redeliveries, concurrency.
+//! - `planning`: pushes to real git repositories become exactly the runs they trigger.
 
 mod argo_schema;
 mod cli;
@@ -15,4 +17,6 @@ mod distributed;
 mod gates;
 mod hostile_yaml;
 mod injection;
+mod intake;
+mod planning;
 mod snapshot;

@@ -57,6 +57,7 @@ fn unknown_key_says_did_you_mean_with_position() {
     let p = one(&text);
     assert!(p.starts_with("p.yaml:9:5: steps[0].resorces: unknown field `resorces`"), "{p}");
     assert!(p.ends_with("did you mean `resources`?"), "{p}");
+    assert!(!p.contains(" at line "), "positions are printed once, in front: {p}");
 }
 
 #[test]

@@ -170,6 +170,9 @@ pub enum StoreError {
     /// A stored value is not one this version of ferry understands.
     #[error("unexpected stored value: {0}")]
     Corrupt(String),
+    /// The group commit holding this delivery failed; nothing in it was stored.
+    #[error("group commit failed: {0}")]
+    GroupCommit(String),
 }
 
 /// The pools behind a [`Store`].
@@ -179,6 +182,8 @@ enum Pools {
         pool: SqlitePool,
         /// Serialises this process's write transactions.
         write: Arc<tokio::sync::Mutex<()>>,
+        /// Deliveries waiting for the next group commit (see `events::insert_event`).
+        queue: Arc<std::sync::Mutex<Vec<events::PendingInsert>>>,
     },
     Postgres(PgPool),
 }
@@ -195,7 +200,7 @@ pub struct Store {
 macro_rules! write_tx {
     ($store:expr, |$tx:ident| $body:expr) => {
         match &$store.pools {
-            $crate::store::Pools::Sqlite { pool, write } => {
+            $crate::store::Pools::Sqlite { pool, write, .. } => {
                 let _guard = write.lock().await;
                 #[allow(unused_mut)]
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -298,6 +303,7 @@ impl Store {
             Pools::Sqlite {
                 pool,
                 write: Arc::new(tokio::sync::Mutex::new(())),
+                queue: Arc::default(),
             }
         } else {
             return Err(StoreError::UnsupportedUrl(redact(url)));
