@@ -39,23 +39,23 @@ async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: By
         }
         Ok(Outcome::Duplicate { project }) => {
             tracing::info!(forge = forge.as_str(), project, "redelivery ignored");
-            (StatusCode::OK, "duplicate", "")
+            (StatusCode::OK, "duplicate", "unknown")
         }
         Ok(Outcome::Ignored { reason }) => {
             tracing::info!(forge = forge.as_str(), reason, "delivery ignored");
-            (StatusCode::ACCEPTED, "ignored", "")
+            (StatusCode::ACCEPTED, "ignored", "unknown")
         }
         Ok(Outcome::Unauthorized) => {
             tracing::warn!(forge = forge.as_str(), "delivery refused: wrong or missing secret");
-            (StatusCode::UNAUTHORIZED, "unauthorized", "")
+            (StatusCode::UNAUTHORIZED, "unauthorized", "unknown")
         }
         Ok(Outcome::Malformed(why)) => {
             tracing::warn!(forge = forge.as_str(), error = %why, "delivery refused: malformed");
-            (StatusCode::BAD_REQUEST, "malformed", "")
+            (StatusCode::BAD_REQUEST, "malformed", "unknown")
         }
         Err(e) => {
             tracing::error!(forge = forge.as_str(), error = %e, "delivery not stored: database error");
-            (StatusCode::SERVICE_UNAVAILABLE, "store_error", "")
+            (StatusCode::SERVICE_UNAVAILABLE, "store_error", "unknown")
         }
     };
     state.metrics.inc(
