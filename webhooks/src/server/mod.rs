@@ -16,7 +16,10 @@ use anyhow::{Context, Result, anyhow};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use ferry_engine::config::Config;
+use std::collections::HashMap;
+
+use ferry_engine::config::{Config, ProjectForge};
+use ferry_engine::service::mirror::{Credentials, SecretString};
 use ferry_engine::profile::Profile;
 use ferry_engine::service::intake::{Secret, Secrets};
 use ferry_engine::service::planner::Planner;
@@ -98,6 +101,29 @@ pub fn read_secrets(config: &Config, env: impl Fn(&str) -> Option<String>) -> Re
     Ok(secrets)
 }
 
+/// Clone credentials per project, read once from the environment: the project's `token_env` as
+/// an https token (GitLab's user name `oauth2`, GitHub's `x-access-token`), the ssh agent for ssh
+/// URLs, nothing otherwise.
+pub fn read_credentials(config: &Config, env: impl Fn(&str) -> Option<String>) -> HashMap<String, Credentials> {
+    let mut out = HashMap::new();
+    for p in &config.projects {
+        let ssh = p.repo.starts_with("ssh://") || (p.repo.contains('@') && !p.repo.contains("://"));
+        let creds = match (p.token_env.as_deref().and_then(&env), ssh) {
+            (_, true) => Credentials::SshAgent,
+            (Some(token), false) if !token.is_empty() => {
+                let username = match p.forge {
+                    ProjectForge::Github => "x-access-token",
+                    ProjectForge::Gitlab | ProjectForge::None => "oauth2",
+                };
+                Credentials::Token { username: username.to_owned(), token: SecretString::new(token) }
+            }
+            (Some(_) | None, false) => Credentials::None,
+        };
+        out.insert(p.name.clone(), creds);
+    }
+    out
+}
+
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -131,7 +157,9 @@ pub async fn serve_with(
     let config = Arc::new(config);
     let wake = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let planner = Planner::new(store.clone(), config.clone(), Arc::new(profile), PathBuf::from(&config.data_dir));
+    let credentials = read_credentials(&config, |var| std::env::var(var).ok());
+    let planner = Planner::new(store.clone(), config.clone(), Arc::new(profile), PathBuf::from(&config.data_dir))
+        .with_credentials(move |p| credentials.get(&p.name).cloned().unwrap_or(Credentials::None));
     let planner_task = tokio::spawn(planner.run(wake.clone(), stop_rx));
     let state = AppState {
         config: config.clone(),
@@ -185,6 +213,23 @@ mod tests {
     fn passwords_never_reach_logs() {
         assert_eq!(redact_url("postgres://ferry:hunter2@db/ferry"), "postgres://ferry:***@db/ferry");
         assert_eq!(redact_url("sqlite://ferry.db"), "sqlite://ferry.db");
+    }
+
+    #[test]
+    fn clone_credentials_come_from_token_env() {
+        let text = "projects:
+  - { name: a, repo: https://gitlab.example.com/a.git, forge: gitlab, webhook_secret_env: S, token_env: TOKEN_A }
+  - { name: b, repo: https://github.com/o/b.git, forge: github, webhook_secret_env: S, token_env: TOKEN_B }
+  - { name: c, repo: git@gitlab.example.com:o/c.git, forge: gitlab, webhook_secret_env: S }
+  - { name: d, repo: https://gitlab.example.com/d.git, forge: gitlab, webhook_secret_env: S, token_env: UNSET }
+";
+        let config = Config::from_yaml("ferry.yaml", text).expect("valid");
+        let creds = read_credentials(&config, |var| (var != "UNSET").then(|| format!("{var}-value")));
+        assert_eq!(creds["a"], Credentials::Token { username: "oauth2".into(), token: SecretString::new("TOKEN_A-value".to_owned()) });
+        assert_eq!(creds["b"], Credentials::Token { username: "x-access-token".into(), token: SecretString::new("TOKEN_B-value".to_owned()) });
+        assert_eq!(creds["c"], Credentials::SshAgent);
+        assert_eq!(creds["d"], Credentials::None);
+        assert!(!format!("{:?}", creds["a"]).contains("TOKEN_A-value"), "tokens never print");
     }
 
     #[test]
