@@ -185,3 +185,69 @@ async fn fetch_failures_are_retried_not_dropped() {
     assert_eq!(stored.attempts, 1);
     assert!(stored.last_error.as_deref().is_some_and(|e| e.contains(missing)), "{:?}", stored.last_error);
 }
+
+/// Sends one HTTP/1.1 request and returns the status code.
+async fn http_post(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line")
+}
+
+#[tokio::test]
+async fn ferry_serve_stores_wakes_the_planner_and_shuts_down_cleanly() {
+    let upstream = TempDir::new("serve-upstream");
+    let up = upstream.path();
+    git(up, &["init", "-q", "-b", "main"]);
+    write(up, ".ferry/ci/lint.yml", LINT);
+    let sha = commit(up, "first");
+    let data = TempDir::new("serve-data");
+    let url = format!("file://{}", up.display());
+    let db = format!("sqlite://{}", data.path().join("ferry.db").display());
+    let yaml = format!(
+        "database_url: {db}\ndata_dir: {}\nprojects:\n  - {{ name: demo, repo: \"{url}\", forge: gitlab, webhook_secret_env: S }}\n",
+        data.path().join("data").display()
+    );
+    let config = Config::from_yaml("ferry.yaml", &yaml).expect("config");
+    let secrets = ferry::server::read_secrets(&config, |_| Some("s".to_owned())).expect("secrets");
+    let loaded = ferry::server::Loaded { config, profile: Profile::default(), source: "test".into() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ferry::server::serve_with(loaded, secrets, listener, async move {
+        let _ = stopped.await;
+    }));
+    let body = serde_json::to_vec(&json!({
+        "object_kind": "push", "before": ZERO, "after": sha, "ref": "refs/heads/main",
+        "project": {"path_with_namespace": "demo/demo", "default_branch": "main", "git_http_url": url},
+        "commits": [{"id": sha, "message": "first"}]
+    }))
+    .expect("json");
+    let headers = [("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "s"), ("Idempotency-Key", "serve-1")];
+    assert_eq!(http_post(addr, "/hooks/gitlab", &headers, &body).await, 202);
+    assert_eq!(http_post(addr, "/hooks/gitlab", &headers, &body).await, 200);
+    // The planner was woken by the delivery; wait (bounded) for its run to appear.
+    let store = Store::open(&db).await.expect("store");
+    let filter = RunFilter { sha: Some(sha.clone()), ..RunFilter::default() };
+    let mut runs = Vec::new();
+    for _ in 0..300 {
+        runs = store.list_runs(&filter, Page::first(10)).await.expect("list").runs;
+        if !runs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(runs.len(), 1, "the push planned one run");
+    assert_eq!((runs[0].pipeline.as_str(), runs[0].state), ("lint", RunState::Queued));
+    let _ = stop.send(());
+    server.await.expect("join").expect("clean shutdown");
+    store.close().await;
+}
