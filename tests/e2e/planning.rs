@@ -177,10 +177,14 @@ async fn fetch_failures_are_retried_not_dropped() {
     let w = world().await;
     let up = w.upstream.path();
     write(up, ".ferry/ci/lint.yml", LINT);
-    commit(up, "base");
+    let base = commit(up, "base");
     let missing = "1111111111111111111111111111111111111111";
     w.push("m1", "main", ZERO, missing, "gone").await;
+    w.push("m2", "main", missing, &base, "base").await;
     assert_eq!(w.planner.plan_pending().await.expect("pass"), 0);
+    assert!(w.runs_at(&base).await.is_empty(), "the later push waits behind the one backing off: order per project");
+    let later = w.store.event_by_key("gitlab:m2").await.expect("query").expect("kept");
+    assert_eq!(later.attempts, 0);
     let stored = w.store.event_by_key("gitlab:m1").await.expect("query").expect("kept");
     assert_eq!(stored.attempts, 1);
     assert!(stored.last_error.as_deref().is_some_and(|e| e.contains(missing)), "{:?}", stored.last_error);

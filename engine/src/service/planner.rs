@@ -105,6 +105,10 @@ impl Planner {
             }
             let events = self.store.pending_events(&project, BATCH).await?;
             for stored in events {
+                if stored.next_attempt_at > now_millis() {
+                    // Backing off: later events of this project wait behind it, in order.
+                    break;
+                }
                 match self.plan_one(&stored).await {
                     Ok(()) => planned += 1,
                     Err(e) => {

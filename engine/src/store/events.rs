@@ -246,7 +246,8 @@ impl Store {
         })
     }
 
-    /// Up to `limit` pending events of `project` that are due now, oldest first.
+    /// Up to `limit` pending events of `project`, oldest first, due or not: events are planned in
+    /// order, so a worker stops at the first one that is not due yet (it is backing off).
     pub async fn pending_events(
         &self,
         project: &str,
@@ -256,11 +257,9 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT id, project, forge, delivery_key, event_json, received_at, state, \
                  attempts, last_error, next_attempt_at FROM events \
-                 WHERE state = 'pending' AND project = $1 AND next_attempt_at <= $2 \
-                 ORDER BY id LIMIT $3",
+                 WHERE state = 'pending' AND project = $1 ORDER BY id LIMIT $2",
             )
             .bind(project)
-            .bind(now_millis())
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
@@ -268,13 +267,14 @@ impl Store {
         })
     }
 
-    /// The project of the oldest pending event that is due now, if any: where a planning worker
-    /// should look next.
+    /// A project whose oldest pending event is due now, if any: where a planning worker should
+    /// look next. A project whose oldest event is backing off is skipped whole, which keeps order.
     pub async fn next_project_with_pending_events(&self) -> Result<Option<String>, StoreError> {
         with_pool!(self, |pool| {
             let row: Option<(String,)> = sqlx::query_as(
-                "SELECT project FROM events WHERE state = 'pending' AND next_attempt_at <= $1 \
-                 ORDER BY id LIMIT 1",
+                "SELECT e.project FROM events e WHERE e.state = 'pending' AND e.next_attempt_at <= $1 \
+                 AND e.id = (SELECT MIN(x.id) FROM events x WHERE x.project = e.project AND x.state = 'pending') \
+                 ORDER BY e.id LIMIT 1",
             )
             .bind(now_millis())
             .fetch_optional(pool)
@@ -283,12 +283,15 @@ impl Store {
         })
     }
 
-    /// The earliest time at which a pending event is due (possibly in the past), or `None` when no
-    /// event is pending: how long a planning worker may sleep.
+    /// The earliest time at which some project's oldest pending event is due (possibly in the
+    /// past), or `None` when no event is pending: how long a planning worker may sleep.
     pub async fn next_event_due_at(&self) -> Result<Option<UnixMillis>, StoreError> {
         with_pool!(self, |pool| {
             let row: (Option<i64>,) =
-                sqlx::query_as("SELECT MIN(next_attempt_at) FROM events WHERE state = 'pending'")
+                sqlx::query_as(
+                    "SELECT MIN(e.next_attempt_at) FROM events e WHERE e.state = 'pending' \
+                     AND e.id = (SELECT MIN(x.id) FROM events x WHERE x.project = e.project AND x.state = 'pending')",
+                )
                     .fetch_one(pool)
                     .await?;
             Ok(row.0)

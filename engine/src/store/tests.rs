@@ -271,7 +271,7 @@ async fn pending_events_retries_and_planning() {
         assert_eq!(p1, vec![ids[0], ids[2]], "oldest first");
         assert_eq!(s.pending_events("p1", 1).await.expect("pending").len(), 1);
 
-        // A failed attempt with a retry in the future hides the event until then.
+        // A failed attempt with a retry in the future blocks its project (order is kept), not others.
         let later = now_millis() + 60_000;
         assert_eq!(
             s.mark_event_failed_attempt(ids[0], "git fetch failed", later)
@@ -286,29 +286,27 @@ async fn pending_events_retries_and_planning() {
             .iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(p1, vec![ids[2]]);
+        assert_eq!(p1, vec![ids[0], ids[2]], "still in order; the first is not due");
         let e0 = s.event_by_id(ids[0]).await.expect("get").expect("stored");
         assert_eq!(
             (e0.attempts, e0.last_error.as_deref(), e0.next_attempt_at),
             (1, Some("git fetch failed"), later)
         );
-        assert!(s.next_event_due_at().await.expect("due").expect("some") <= now_millis());
-
-        // Planned events leave the queue; planning twice is harmless.
-        s.mark_event_planned(ids[2]).await.expect("planned");
-        s.mark_event_planned(ids[2]).await.expect("planned again");
         assert_eq!(
             s.next_project_with_pending_events()
                 .await
                 .expect("next")
                 .as_deref(),
-            Some("p2")
+            Some("p2"),
+            "p1 waits behind its backing-off event"
         );
+        assert!(s.next_event_due_at().await.expect("due").expect("some") <= now_millis());
         s.mark_event_planned(ids[1]).await.expect("planned");
+        s.mark_event_planned(ids[1]).await.expect("planned again");
         assert_eq!(
             s.next_project_with_pending_events().await.expect("next"),
             None,
-            "ids[0] is not due yet"
+            "ids[0] is not due yet, and ids[2] waits behind it"
         );
         assert_eq!(s.next_event_due_at().await.expect("due"), Some(later));
 
@@ -333,6 +331,15 @@ async fn pending_events_retries_and_planning() {
             s.mark_event_planned(ids[0]).await,
             Err(StoreError::Conflict { .. })
         ));
+        assert_eq!(
+            s.next_project_with_pending_events()
+                .await
+                .expect("next")
+                .as_deref(),
+            Some("p1"),
+            "an event failed for good no longer blocks its project"
+        );
+        s.mark_event_planned(ids[2]).await.expect("planned");
         assert!(matches!(
             s.mark_event_failed_attempt(ids[2], "x", 0).await,
             Err(StoreError::Conflict { .. })
