@@ -284,6 +284,34 @@ pub fn strip_arg_expressions(manifest: &str) -> (String, Vec<String>) {
     (out, names)
 }
 
+/// Does what Argo does to a resource manifest: replaces each
+/// `{{=toJson(workflow.parameters['X'])}}` with the JSON encoding of argument `X` of `workflow`.
+pub fn substitute_arguments(manifest: &str, workflow: &Value) -> String {
+    const OPEN: &str = "{{=toJson(workflow.parameters['";
+    const CLOSE: &str = "'])}}";
+    let args: BTreeMap<String, String> = workflow["spec"]["arguments"]["parameters"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| (p["name"].as_str().unwrap_or_default().to_owned(), p["value"].as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = String::with_capacity(manifest.len());
+    let mut rest = manifest;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + OPEN.len()..];
+        let end = after.find(CLOSE).unwrap_or_else(|| panic!("unterminated toJson expression in: {after}"));
+        let name = &after[..end];
+        let value = args.get(name).unwrap_or_else(|| panic!("argument `{name}` is not declared"));
+        out.push_str(&Value::String(value.clone()).to_string());
+        rest = &after[end + CLOSE.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Every `{{...}}` expression in a string (Argo template tags).
 pub fn argo_tags(s: &str) -> Vec<&str> {
     let mut out = Vec::new();

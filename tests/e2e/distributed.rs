@@ -6,7 +6,7 @@
 
 use ferry_engine::profile::Distributed;
 use ferry_tests::{
-    Variant, examples, profile_with, render, strip_arg_expressions, templates, variant_context,
+    Variant, examples, profile_with, render, substitute_arguments, templates, variant_context,
 };
 use serde_json::Value;
 
@@ -33,8 +33,9 @@ fn pods(distributed: Distributed) -> Vec<Pod> {
             let Some(text) = t["resource"]["manifest"].as_str() else {
                 continue;
             };
-            let (stripped, _) = strip_arg_expressions(text);
-            let inner: Value = serde_json::from_str(&stripped).expect("inner manifest is JSON");
+            // As Argo will see it, with the run's arguments substituted.
+            let substituted = substitute_arguments(text, &manifest);
+            let inner: Value = serde_json::from_str(&substituted).expect("inner manifest is JSON");
             let mut specs = Vec::new();
             collect_pod_specs(&inner, &mut specs);
             assert!(
@@ -169,10 +170,7 @@ fn distributed_pods_share_the_run_workspace() {
                 .as_array()
                 .and_then(|v| v.iter().find(|v| v["name"] == mount["name"]))
                 .unwrap_or_else(|| panic!("{}: volume {} is not defined", pod.what, mount["name"]));
-            if volume["persistentVolumeClaim"]["claimName"]
-                .as_str()
-                .is_none_or(str::is_empty)
-            {
+            if volume["persistentVolumeClaim"]["claimName"] != "ferry-42-workspace" {
                 wrong.push(format!(
                     "{}: /workspace is {volume}, not the run's workspace claim",
                     pod.what

@@ -60,8 +60,11 @@ async fn post(app: &Router, path: &str, headers: &[(String, String)], body: Vec<
     response.status()
 }
 
+/// Request headers as (name, value).
+type Headers = Vec<(String, String)>;
+
 /// (file, forge path, headers, body) for every fixture in index.json.
-fn fixtures() -> Option<Vec<(String, String, Vec<(String, String)>, Vec<u8>)>> {
+fn fixtures() -> Option<Vec<(String, String, Headers, Vec<u8>)>> {
     let dir = shared_fixtures_dir()?;
     let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).expect("index")).expect("json");
     let list = index["fixtures"].as_array().expect("fixtures").iter().map(|f| {
@@ -105,7 +108,7 @@ async fn every_fixture_is_stored_once_and_redeliveries_change_nothing() {
     assert_eq!(stored, i64::try_from(fixtures.len() - IGNORED.len()).expect("small"));
 }
 
-fn gitlab_push() -> Option<(Vec<(String, String)>, Vec<u8>)> {
+fn gitlab_push() -> Option<(Headers, Vec<u8>)> {
     let dir = shared_fixtures_dir()?;
     let body = std::fs::read(dir.join("gitlab/push.json")).expect("push.json");
     let headers = vec![("X-Gitlab-Event".to_owned(), "Push Hook".to_owned()), ("X-Gitlab-Token".to_owned(), SECRET.to_owned())];

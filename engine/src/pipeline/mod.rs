@@ -25,7 +25,11 @@ use crate::yaml::{self, SourceMap};
 /// Without a profile, checks that need one (GPU types, queues, limits, ...) are skipped.
 pub fn load(file: &str, text: &str, profile: Option<&Profile>) -> Result<Pipeline, Problems> {
     let spec: spec::PipelineSpec = yaml::parse(file, text).map_err(|p| Problems(vec![p]))?;
-    validate::validate(file, spec, profile).map_err(|raw| {
+    let validated = validate::validate(file, spec, profile).map(|mut p| {
+        p.fingerprint = crate::render::fingerprint(&format!("{file}\n{text}"));
+        p
+    });
+    validated.map_err(|raw| {
         let map = SourceMap::build(text);
         let mut problems: Vec<Problem> = raw
             .into_iter()

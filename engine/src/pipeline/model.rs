@@ -18,6 +18,9 @@ pub struct Pipeline {
     pub name: String,
     /// The file it came from, relative to the repository root where known.
     pub file: String,
+    /// A hash of the file's path and text: equal for the same file at any commit (the renderer
+    /// keys its cache on it).
+    pub fingerprint: u64,
     /// When it runs.
     pub triggers: Triggers,
     /// Concurrency group and policy.

@@ -48,7 +48,7 @@ pub fn validate(file: &str, spec: PipelineSpec, profile: Option<&Profile>) -> Re
     let steps = c.steps(&spec.steps, &defaults);
     if c.problems.is_empty() {
         let name = spec.name;
-        Ok(Pipeline { name, file: file.to_owned(), triggers, concurrency, params, workspace, steps })
+        Ok(Pipeline { name, file: file.to_owned(), fingerprint: 0, triggers, concurrency, params, workspace, steps })
     } else {
         Err(c.problems)
     }

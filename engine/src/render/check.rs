@@ -102,6 +102,9 @@ fn check_labels(labels: &Value, at: &str) -> Result<(), String> {
         if !name_ok || prefix.is_some_and(|p| !is_dns_subdomain(p)) {
             return Err(format!("{at}: `{k}` is not a valid label key"));
         }
+        if is_argument(v) {
+            continue;
+        }
         let v = v.as_str().ok_or_else(|| format!("{at}.{k}: label values are strings"))?;
         if v.len() > 63 || !(v.is_empty() || label_chars(v)) {
             return Err(format!("{at}.{k}: `{v}` is not a valid label value"));
@@ -117,11 +120,20 @@ fn label_chars(s: &str) -> bool {
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
+/// True for the `{"$ferry_arg": NAME}` objects that stand for a workflow argument in an inner
+/// manifest (their values are checked where the run's arguments are made).
+fn is_argument(v: &Value) -> bool {
+    v.as_object().is_some_and(|o| o.len() == 1 && o.get(super::ARG_KEY).is_some_and(Value::is_string))
+}
+
 /// Checks the inner job of a distributed step.
 pub fn check_job(job: &Value) -> Result<(), String> {
-    let name = job["metadata"]["name"].as_str().ok_or("job metadata.name is missing")?;
-    if !is_dns_label(name) {
-        return Err(format!("job name `{name}` is not valid"));
+    let name = &job["metadata"]["name"];
+    match name.as_str() {
+        Some(n) if !is_dns_label(n) => return Err(format!("job name `{n}` is not valid")),
+        Some(_) => {}
+        None if is_argument(name) => {}
+        None => return Err("job metadata.name is missing".into()),
     }
     check_labels(&job["metadata"]["labels"], "job metadata.labels")
 }

@@ -1,10 +1,13 @@
-//! Builds the data the templates lay out: one JSON object per workflow, steps fully resolved.
+//! Builds the data the templates lay out, in two parts.
 //!
-//! All decisions live here (what a GPU type means, which volumes a step mounts, which steps are
-//! skipped at creation, how `needs` and `if.metrics` become `depends` and `when`); the templates
-//! only place values. Free text that users control (parameters, refs, scripts, env values) never
-//! appears in a pod spec: it becomes a workflow parameter, and the pod spec refers to it with
-//! `{{workflow.parameters.NAME}}`, which Argo substitutes once, verbatim.
+//! The *skeleton* context (for `workflow.json.hbs`) depends only on the pipeline, the profile and
+//! the set of steps skipped at creation: what a GPU type means, which volumes a step mounts, how
+//! `needs` and `if.metrics` become `depends` and `when`. The *run* context (for `run.json.hbs`)
+//! holds everything that differs between two runs: names, labels, annotations and the workflow
+//! arguments. Every run-varying value a pod needs (sha, run id, refs, parameters, scripts, env
+//! values) is a workflow argument that the pod spec refers to as `{{workflow.parameters.NAME}}`,
+//! which Argo substitutes once, verbatim; so user text never becomes manifest structure, and the
+//! rendered skeleton can be reused for every run of the same pipeline (see `Renderer`).
 
 use std::collections::BTreeMap;
 
@@ -33,11 +36,15 @@ const ARG_REPO: &str = "ferry-repo";
 const ARG_REF: &str = "ferry-ref";
 const ARG_BRANCH: &str = "ferry-branch";
 const ARG_TAG: &str = "ferry-tag";
+const ARG_SHA: &str = "ferry-sha";
+const ARG_RUN_ID: &str = "ferry-run-id";
+const ARG_MR: &str = "ferry-mr";
+const ARG_EVENT: &str = "ferry-event";
+const ARG_WORKSPACE_CLAIM: &str = "ferry-workspace-claim";
 
-/// The template context and the steps decided out at creation.
+/// The skeleton's template context.
 pub(super) struct Built {
     pub workflow: Value,
-    pub skipped: Vec<SkippedStep>,
     /// Distributed steps: (index into `workflow.steps`, the inner job's context).
     pub jobs: Vec<(usize, Value)>,
 }
@@ -55,8 +62,35 @@ pub(super) fn label_value(s: &str) -> String {
     v.trim_start_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
 }
 
-pub(super) fn build(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Result<Built, RenderError> {
-    let name = format!("ferry-{}", ctx.run_id);
+/// The skeleton context: everything but the run.
+pub(super) fn skeleton(p: &Pipeline, profile: &Profile, skipped: &[SkippedStep]) -> Result<Built, RenderError> {
+    let mut steps = Vec::new();
+    let mut jobs = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, step) in p.steps.iter().enumerate() {
+        if skipped.iter().any(|s| s.step == step.name) {
+            continue;
+        }
+        tasks.push(task(p, i));
+        let built = step_context(p, step, profile)?;
+        if let Some(job) = built.1 {
+            jobs.push((steps.len(), job));
+        }
+        steps.push(built.0);
+    }
+    let workflow = json!({
+        "service_account": profile.service_account,
+        "ttl_seconds": profile.ttl_seconds_after_finished,
+        "image_pull_secrets": profile.image_pull_secrets,
+        "workspace": p.workspace.as_ref().map(|w| json!({"size": w.size.as_str(), "storage_class": w.storage_class, "access_mode": w.access_mode})),
+        "tasks": tasks,
+        "steps": steps,
+    });
+    Ok(Built { workflow, jobs })
+}
+
+/// The run context: names, labels, annotations and arguments of one run.
+pub(super) fn run(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Value {
     let labels = json!({
         "ferry.dev/run-id": ctx.run_id.to_string(),
         "ferry.dev/project": label_value(&ctx.project),
@@ -70,36 +104,17 @@ pub(super) fn build(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Result
     if let Some(url) = &ctx.dashboard_url {
         annotations.insert("ferry.dev/dashboard".into(), url.clone().into());
     }
-    let skipped = decide_skips(p, ctx);
-    let mut steps = Vec::new();
-    let mut jobs = Vec::new();
-    let mut tasks = Vec::new();
-    for (i, step) in p.steps.iter().enumerate() {
-        if skipped.iter().any(|s| s.step == step.name) {
-            continue;
-        }
-        tasks.push(task(p, i, &skipped));
-        let built = step_context(p, step, profile, ctx, &labels)?;
-        if let Some(job) = built.1 {
-            jobs.push((steps.len(), job));
-        }
-        steps.push(built.0);
-    }
-    let workflow = json!({
-        "name": name,
+    json!({
+        "name": workflow_name(ctx),
         "namespace": ctx.namespace,
         "labels": labels,
         "annotations": annotations,
-        "service_account": profile.service_account,
-        "ttl_seconds": profile.ttl_seconds_after_finished,
-        "image_pull_secrets": profile.image_pull_secrets,
-        "pod_labels": labels,
-        "arguments": arguments(p, ctx),
-        "workspace": p.workspace.as_ref().map(|w| json!({"size": w.size.as_str(), "storage_class": w.storage_class, "access_mode": w.access_mode})),
-        "tasks": tasks,
-        "steps": steps,
-    });
-    Ok(Built { workflow, skipped, jobs })
+        "arguments": arguments(p, profile, ctx),
+    })
+}
+
+fn workflow_name(ctx: &RunContext) -> String {
+    format!("ferry-{}", ctx.run_id)
 }
 
 fn event_word(e: EventKind) -> &'static str {
@@ -112,16 +127,21 @@ fn event_word(e: EventKind) -> &'static str {
     }
 }
 
-/// Workflow arguments: the run's context and parameters, then every step's script and env values.
-fn arguments(p: &Pipeline, ctx: &RunContext) -> Vec<Value> {
+/// Workflow arguments: the run's context and parameters, then every step's script and env values,
+/// then the names a distributed step's resources take.
+fn arguments(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Vec<Value> {
     let mut args = vec![
         json!({"name": ARG_REPO, "value": ctx.repo_url}),
         json!({"name": ARG_REF, "value": ctx.git_ref}),
         json!({"name": ARG_BRANCH, "value": ctx.branch.clone().unwrap_or_default()}),
         json!({"name": ARG_TAG, "value": ctx.tag.clone().unwrap_or_default()}),
+        json!({"name": ARG_SHA, "value": ctx.sha}),
+        json!({"name": ARG_RUN_ID, "value": ctx.run_id.to_string()}),
+        json!({"name": ARG_MR, "value": ctx.merge_request.map(|m| m.to_string()).unwrap_or_default()}),
+        json!({"name": ARG_EVENT, "value": event_word(ctx.event)}),
     ];
-    for (k, v) in &ctx.params {
-        args.push(json!({"name": k, "value": v}));
+    for (k, default) in &p.params {
+        args.push(json!({"name": k, "value": ctx.params.get(k).unwrap_or(default)}));
     }
     for s in &p.steps {
         args.push(json!({"name": script_arg(s), "value": s.run}));
@@ -129,7 +149,31 @@ fn arguments(p: &Pipeline, ctx: &RunContext) -> Vec<Value> {
             args.push(json!({"name": env_arg(s, k), "value": v}));
         }
     }
+    if p.workspace.is_some() && p.steps.iter().any(is_distributed) {
+        args.push(json!({"name": ARG_WORKSPACE_CLAIM, "value": format!("{}-workspace", workflow_name(ctx))}));
+    }
+    for s in p.steps.iter().filter(|s| is_distributed(s)) {
+        let job = job_name(ctx.run_id, s);
+        if distributed_kind(profile) == Distributed::Jobset {
+            args.push(json!({"name": master_arg(s), "value": format!("{job}-node-0-0.{job}")}));
+        }
+        args.push(json!({"name": job_arg(s), "value": job}));
+    }
     args
+}
+
+/// The name of a distributed step's PyTorchJob or JobSet.
+fn job_name(run_id: u64, step: &Step) -> String {
+    let name = format!("ferry-{run_id}-{}", step.name);
+    name.chars().take(40).collect::<String>().trim_end_matches('-').to_owned()
+}
+
+fn job_arg(s: &Step) -> String {
+    format!("ferry-job-{}", s.name)
+}
+
+fn master_arg(s: &Step) -> String {
+    format!("ferry-master-{}", s.name)
 }
 
 fn script_arg(s: &Step) -> String {
@@ -141,7 +185,7 @@ fn env_arg(s: &Step, key: &str) -> String {
 }
 
 /// Steps gated out when the run is created, and the steps that need them.
-fn decide_skips(p: &Pipeline, ctx: &RunContext) -> Vec<SkippedStep> {
+pub(super) fn decide_skips(p: &Pipeline, ctx: &RunContext) -> Vec<SkippedStep> {
     let mut out: Vec<SkippedStep> = Vec::new();
     for step in &p.steps {
         let reason = gate_reason(step, ctx).or_else(|| {
@@ -180,7 +224,7 @@ fn gate_reason(step: &Step, ctx: &RunContext) -> Option<String> {
     None
 }
 
-fn task(p: &Pipeline, i: usize, _skipped: &[SkippedStep]) -> Value {
+fn task(p: &Pipeline, i: usize) -> Value {
     let step = &p.steps[i];
     let depends: Vec<String> = step.needs.iter().map(|n| format!("{}.Succeeded", p.steps[*n].name)).collect();
     let when = step.gate.metrics.as_ref().map(|m| {

@@ -5,15 +5,9 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 
-pub(in crate::render) fn step_context(
-    p: &Pipeline,
-    step: &Step,
-    profile: &Profile,
-    ctx: &RunContext,
-    labels: &Value,
-) -> Result<(Value, Option<Value>), RenderError> {
+pub(in crate::render) fn step_context(p: &Pipeline, step: &Step, profile: &Profile) -> Result<(Value, Option<Value>), RenderError> {
     let distributed = is_distributed(step);
-    let pod = pod_parts(p, step, profile, ctx, labels, distributed)?;
+    let pod = pod_parts(p, step, profile, distributed)?;
     let deadline = step.timeout_secs.map(|s| s.to_string());
     let retries = (step.retries > 0).then(|| step.retries.to_string());
     let mut out = json!({
@@ -24,14 +18,14 @@ pub(in crate::render) fn step_context(
         "resource": null,
     });
     if distributed {
-        let job = job_context(p, step, profile, ctx, &pod, labels);
+        let job = job_context(step, profile, &pod);
         return Ok((out, Some(job)));
     }
     let fields = json!({
         "priority_class": pod.priority_class,
         "node_selector": (!pod.node_selector.is_empty()).then_some(&pod.node_selector),
         "tolerations": (!pod.tolerations.is_empty()).then_some(&pod.tolerations),
-        "git": {"repo": arg_ref(ARG_REPO), "revision": ctx.sha, "secret": profile.git_credentials_secret},
+        "git": {"repo": arg_ref(ARG_REPO), "revision": arg_ref(ARG_SHA), "secret": profile.git_credentials_secret},
         "metrics": step.metrics.as_ref().map(|m| metrics_path(m)),
         "volumes": pod.volumes,
         "image": pod.image,
@@ -51,22 +45,21 @@ fn metrics_path(m: &str) -> String {
     if m.starts_with('/') { m.to_owned() } else { format!("/src/{}", m.trim_start_matches("./")) }
 }
 
-fn pod_parts(
-    p: &Pipeline,
-    step: &Step,
-    profile: &Profile,
-    ctx: &RunContext,
-    labels: &Value,
-    distributed: bool,
-) -> Result<PodParts, RenderError> {
-    let mut pod_labels = labels.clone();
-    if let Value::Object(l) = &mut pod_labels {
-        l.insert("ferry.dev/step".into(), step.name.clone().into());
-        l.insert("ferry.dev/kind".into(), kind_word(step.kind).into());
-        if let Some(q) = &step.queue {
-            l.insert("kueue.x-k8s.io/queue-name".into(), q.clone().into());
-        }
+/// A step's pod labels. The run's own labels (run id, sha, project) reach Argo's pods through
+/// `spec.podMetadata`, which the run template sets.
+fn pod_labels(p: &Pipeline, step: &Step) -> Value {
+    let mut l = Map::new();
+    l.insert("ferry.dev/pipeline".into(), p.name.clone().into());
+    l.insert("ferry.dev/step".into(), step.name.clone().into());
+    l.insert("ferry.dev/kind".into(), kind_word(step.kind).into());
+    if let Some(q) = &step.queue {
+        l.insert("kueue.x-k8s.io/queue-name".into(), q.clone().into());
     }
+    Value::Object(l)
+}
+
+fn pod_parts(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) -> Result<PodParts, RenderError> {
+    let pod_labels = pod_labels(p, step);
     let (mut node_selector, mut tolerations) = (std::collections::BTreeMap::new(), Vec::new());
     let mut resources = Map::new();
     let r = &step.resources;
@@ -111,11 +104,11 @@ fn pod_parts(
         ),
         None => None,
     };
-    let (volumes, mounts) = volumes(p, step, profile, ctx, distributed)?;
-    let jobset = (distributed && distributed_kind(profile) == Distributed::Jobset).then(|| job_name(ctx, step));
+    let (volumes, mounts) = volumes(p, step, profile, distributed)?;
+    let jobset = distributed && distributed_kind(profile) == Distributed::Jobset;
     Ok(PodParts {
         image: image_of(step, profile)?,
-        env: env(p, step, ctx, distributed, jobset.as_deref()),
+        env: env(p, step, distributed, jobset),
         resources,
         volumes,
         mounts,
@@ -134,17 +127,17 @@ fn value_of(arg: &str, distributed: bool) -> Value {
     if distributed { json!({ super::super::ARG_KEY: arg }) } else { Value::String(arg_ref(arg)) }
 }
 
-fn env(p: &Pipeline, step: &Step, ctx: &RunContext, distributed: bool, jobset: Option<&str>) -> Vec<Value> {
+fn env(p: &Pipeline, step: &Step, distributed: bool, jobset: bool) -> Vec<Value> {
     let plain = |name: &str, value: String| json!({"name": name, "value": value});
     let mut env = vec![
         json!({"name": "FERRY_REPO", "value": value_of(ARG_REPO, distributed)}),
-        plain("FERRY_SHA", ctx.sha.clone()),
+        json!({"name": "FERRY_SHA", "value": value_of(ARG_SHA, distributed)}),
         json!({"name": "FERRY_REF", "value": value_of(ARG_REF, distributed)}),
         json!({"name": "FERRY_BRANCH", "value": value_of(ARG_BRANCH, distributed)}),
         json!({"name": "FERRY_TAG", "value": value_of(ARG_TAG, distributed)}),
-        plain("FERRY_MR", ctx.merge_request.map(|m| m.to_string()).unwrap_or_default()),
-        plain("FERRY_EVENT", event_word(ctx.event).to_owned()),
-        plain("FERRY_RUN_ID", ctx.run_id.to_string()),
+        json!({"name": "FERRY_MR", "value": value_of(ARG_MR, distributed)}),
+        json!({"name": "FERRY_EVENT", "value": value_of(ARG_EVENT, distributed)}),
+        json!({"name": "FERRY_RUN_ID", "value": value_of(ARG_RUN_ID, distributed)}),
         plain("FERRY_PIPELINE", p.name.clone()),
         plain("FERRY_STEP", step.name.clone()),
         plain("FERRY_WORKSPACE", "/workspace".to_owned()),
@@ -152,16 +145,16 @@ fn env(p: &Pipeline, step: &Step, ctx: &RunContext, distributed: bool, jobset: O
         plain("FERRY_METRICS_FILE", step.metrics.as_deref().map(metrics_path).unwrap_or_default()),
         json!({"name": "FERRY_SCRIPT", "value": value_of(&script_arg(step), distributed)}),
     ];
-    for name in ctx.params.keys() {
+    for name in p.params.keys() {
         env.push(json!({"name": format!("FERRY_PARAM_{}", name.to_uppercase()), "value": value_of(name, distributed)}));
     }
     if distributed {
         env.push(plain("NPROC_PER_NODE", step.resources.gpu.max(1).to_string()));
     }
-    if let Some(jobset) = jobset {
+    if jobset {
         // The training operator sets these for a PyTorchJob; a JobSet's pods get them from us.
         // NODE_RANK comes from JOB_COMPLETION_INDEX in the wrapper.
-        env.push(plain("MASTER_ADDR", format!("{jobset}-node-0-0.{jobset}")));
+        env.push(json!({"name": "MASTER_ADDR", "value": value_of(&master_arg(step), true)}));
         env.push(plain("MASTER_PORT", "29500".to_owned()));
         env.push(plain("WORLD_SIZE", step.nodes.to_string()));
     }
@@ -174,13 +167,13 @@ fn env(p: &Pipeline, step: &Step, ctx: &RunContext, distributed: bool, jobset: O
     env
 }
 
-fn volumes(p: &Pipeline, step: &Step, profile: &Profile, ctx: &RunContext, distributed: bool) -> Result<(Vec<Value>, Vec<Value>), RenderError> {
+fn volumes(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) -> Result<(Vec<Value>, Vec<Value>), RenderError> {
     let mut vols = Vec::new();
     let mut mounts = Vec::new();
     match (&p.workspace, distributed) {
         // The pods of a distributed step are not Argo's: they mount the claim Argo made from the
         // `workspace` volumeClaimTemplate, which Argo names `<workflow name>-workspace`.
-        (Some(_), true) => vols.push(json!({"name": "workspace", "persistentVolumeClaim": {"claimName": format!("ferry-{}-workspace", ctx.run_id)}})),
+        (Some(_), true) => vols.push(json!({"name": "workspace", "persistentVolumeClaim": {"claimName": value_of(ARG_WORKSPACE_CLAIM, true)}})),
         (Some(_), false) => {}
         (None, _) => vols.push(json!({"name": "workspace", "emptyDir": {}})),
     }
@@ -217,15 +210,13 @@ fn scratch_volume(size: &str, class: Option<&str>) -> Value {
     }
 }
 
-/// The name of a distributed step's PyTorchJob or JobSet.
-fn job_name(ctx: &RunContext, step: &Step) -> String {
-    let name = format!("ferry-{}-{}", ctx.run_id, step.name);
-    name.chars().take(40).collect::<String>().trim_end_matches('-').to_owned()
-}
-
 /// The context of the inner job of a distributed step.
-fn job_context(p: &Pipeline, step: &Step, profile: &Profile, ctx: &RunContext, pod: &PodParts, labels: &Value) -> Value {
-    let name = job_name(ctx, step);
+fn job_context(step: &Step, profile: &Profile, pod: &PodParts) -> Value {
+    // Pods of the inner job are not Argo's: they carry the run id label themselves.
+    let mut labels = pod.pod_labels.clone();
+    if let Value::Object(l) = &mut labels {
+        l.insert("ferry.dev/run-id".into(), value_of(ARG_RUN_ID, true));
+    }
     let main = json!({
         "name": "pytorch",
         "image": pod.image,
@@ -239,7 +230,7 @@ fn job_context(p: &Pipeline, step: &Step, profile: &Profile, ctx: &RunContext, p
         "name": "source",
         "image": profile.git_image.clone().unwrap_or_else(|| crate::profile::DEFAULT_GIT_IMAGE.to_owned()),
         "command": ["sh", "-ec", CLONE],
-        "env": git_env(profile, ctx),
+        "env": git_env(profile),
         "volumeMounts": [{"name": "src", "mountPath": "/src"}],
     });
     let mut spec = Map::new();
@@ -259,17 +250,15 @@ fn job_context(p: &Pipeline, step: &Step, profile: &Profile, ctx: &RunContext, p
         let secrets: Vec<Value> = profile.image_pull_secrets.iter().map(|s| json!({"name": s})).collect();
         spec.insert("imagePullSecrets".into(), secrets.into());
     }
-    let _ = p;
     json!({
-        "name": name,
-        "labels": pod.pod_labels,
-        "run_labels": labels,
+        "name": value_of(&job_arg(step), true),
+        "labels": labels,
         "deadline": step.timeout_secs.is_some(),
         "deadline_secs": step.timeout_secs,
         "nproc": step.resources.gpu.max(1).to_string(),
         "nodes": step.nodes,
         "workers": step.nodes - 1,
-        "pod": {"metadata": {"labels": pod.pod_labels}, "spec": spec},
+        "pod": {"metadata": {"labels": labels}, "spec": spec},
         "kind": match distributed_kind(profile) { Distributed::Pytorchjob => "pytorchjob", Distributed::Jobset => "jobset" },
     })
 }
@@ -281,10 +270,10 @@ git -C /src fetch -q --depth 1 "$FERRY_REPO" "$FERRY_SHA"
 git -C /src checkout -q --detach FETCH_HEAD
 "#;
 
-fn git_env(profile: &Profile, ctx: &RunContext) -> Vec<Value> {
+fn git_env(profile: &Profile) -> Vec<Value> {
     let mut env = vec![
         json!({"name": "FERRY_REPO", "value": value_of(ARG_REPO, true)}),
-        json!({"name": "FERRY_SHA", "value": ctx.sha}),
+        json!({"name": "FERRY_SHA", "value": value_of(ARG_SHA, true)}),
     ];
     if let Some(secret) = &profile.git_credentials_secret {
         for (var, key) in [("GIT_USERNAME", "username"), ("GIT_PASSWORD", "password")] {

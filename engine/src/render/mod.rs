@@ -9,8 +9,10 @@
 mod check;
 mod context;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use handlebars::{Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason};
 use serde_json::Value;
@@ -24,8 +26,9 @@ pub use check::check_workflow;
 const ARG_KEY: &str = "$ferry_arg";
 
 /// The templates shipped in the binary: (name, text).
-const EMBEDDED: [(&str, &str); 5] = [
+const EMBEDDED: [(&str, &str); 6] = [
     ("workflow", include_str!("../../../templates/workflow.json.hbs")),
+    ("run", include_str!("../../../templates/run.json.hbs")),
     ("step-container", include_str!("../../../templates/step-container.json.hbs")),
     ("step-resource", include_str!("../../../templates/step-resource.json.hbs")),
     ("pytorchjob", include_str!("../../../templates/pytorchjob.json.hbs")),
@@ -101,9 +104,22 @@ pub struct Rendered {
     pub skipped: Vec<SkippedStep>,
 }
 
-/// Compiled templates.
+/// Most skeletons a renderer keeps; past that the cache starts over.
+const MAX_CACHED: usize = 256;
+
+/// What a skeleton depends on: the pipeline's source, the profile, and the steps skipped at
+/// creation (the template set is the renderer's own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SkeletonKey {
+    pipeline: u64,
+    profile: u64,
+    skipped: Vec<String>,
+}
+
+/// Compiled templates, and the skeletons rendered with them.
 pub struct Renderer {
     hb: Handlebars<'static>,
+    skeletons: Mutex<HashMap<SkeletonKey, Arc<Value>>>,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -155,22 +171,56 @@ impl Renderer {
             hb.register_template_string(&name, text)
                 .map_err(|e| RenderError::Template { name: name.clone(), message: e.to_string() })?;
         }
-        Ok(Renderer { hb })
+        Ok(Renderer { hb, skeletons: Mutex::default() })
     }
 
     /// Renders and self-checks the workflow of one run.
+    ///
+    /// The part that depends only on the pipeline, the profile and the skipped steps (the
+    /// skeleton, `workflow.json.hbs`) is rendered, parsed back and checked once and then reused;
+    /// each run renders `run.json.hbs` (metadata, pod labels, arguments) into a copy of it, and the
+    /// whole manifest is self-checked every time.
     pub fn render(&self, pipeline: &Pipeline, profile: &Profile, ctx: &RunContext) -> Result<Rendered, RenderError> {
-        check_context(ctx)?;
-        let mut built = context::build(pipeline, profile, ctx)?;
+        check_context(pipeline, ctx)?;
+        let skipped = context::decide_skips(pipeline, ctx);
+        let skeleton = self.skeleton(pipeline, profile, &skipped)?;
+        let text = self.run("run", context::run(pipeline, profile, ctx))?;
+        let mut run: Value = serde_json::from_str(&text)
+            .map_err(|e| RenderError::SelfCheck(format!("template `run` did not produce JSON: {e}")))?;
+        let mut manifest = (*skeleton).clone();
+        manifest["metadata"] = run["metadata"].take();
+        manifest["spec"]["podMetadata"] = run["podMetadata"].take();
+        manifest["spec"]["arguments"] = run["arguments"].take();
+        check_workflow(&manifest).map_err(RenderError::SelfCheck)?;
+        Ok(Rendered { manifest, skipped })
+    }
+
+    /// The rendered skeleton for this pipeline, profile and skip set, from the cache or made now.
+    fn skeleton(&self, pipeline: &Pipeline, profile: &Profile, skipped: &[SkippedStep]) -> Result<Arc<Value>, RenderError> {
+        let key = SkeletonKey {
+            pipeline: pipeline.fingerprint,
+            profile: fingerprint(&serde_json::to_string(profile).unwrap_or_default()),
+            skipped: skipped.iter().map(|s| s.step.clone()).collect(),
+        };
+        if let Some(hit) = self.skeletons.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let mut built = context::skeleton(pipeline, profile, skipped)?;
         for (index, job) in std::mem::take(&mut built.jobs) {
             let manifest = self.render_job(&job)?;
             built.workflow["steps"][index]["resource"] = manifest;
         }
         let text = self.run("workflow", built.workflow)?;
-        let manifest: Value = serde_json::from_str(&text)
+        let skeleton: Value = serde_json::from_str(&text)
             .map_err(|e| RenderError::SelfCheck(format!("template `workflow` did not produce JSON: {e}")))?;
-        check_workflow(&manifest).map_err(RenderError::SelfCheck)?;
-        Ok(Rendered { manifest, skipped: built.skipped })
+        let skeleton = Arc::new(skeleton);
+        if let Ok(mut cache) = self.skeletons.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(key, skeleton.clone());
+        }
+        Ok(skeleton)
     }
 
     /// Renders a template. The data is moved into the context: `Handlebars::render` would first
@@ -234,7 +284,17 @@ fn write_manifest(value: &Value, out: &mut String) {
     }
 }
 
-fn check_context(ctx: &RunContext) -> Result<(), RenderError> {
+/// A stable hash of a text (the std SipHash with its fixed keys).
+pub(crate) fn fingerprint(text: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn check_context(pipeline: &Pipeline, ctx: &RunContext) -> Result<(), RenderError> {
+    if let Some(extra) = ctx.params.keys().find(|k| !pipeline.params.contains_key(*k)) {
+        return Err(RenderError::Context(format!("parameter `{extra}` is not declared by pipeline `{}`", pipeline.name)));
+    }
     let hex = ctx.sha.len() >= 7 && ctx.sha.len() <= 64 && ctx.sha.bytes().all(|b| b.is_ascii_hexdigit());
     if !hex {
         return Err(RenderError::Context(format!("`{}` is not a commit SHA", ctx.sha)));

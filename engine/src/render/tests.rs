@@ -119,7 +119,9 @@ fn gpu_resources_placement_and_volumes() {
     assert_eq!(wf["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "50Gi");
     let git = &train["inputs"]["artifacts"][0];
     assert_eq!(git["path"], "/src");
-    assert_eq!(git["git"]["revision"], "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(git["git"]["revision"], "{{workflow.parameters.ferry-sha}}");
+    let args = wf["spec"]["arguments"]["parameters"].as_array().expect("arguments");
+    assert!(args.contains(&json!({"name": "ferry-sha", "value": "0123456789abcdef0123456789abcdef01234567"})));
     assert_eq!(git["git"]["passwordSecret"], json!({"name": "ferry-git", "key": "password"}));
 }
 
@@ -138,7 +140,8 @@ fn values_reach_steps_only_as_environment() {
     assert_eq!(env(train, "FERRY_PARAM_LR")["value"], "{{workflow.parameters.lr}}");
     assert_eq!(env(train, "FERRY_SCRIPT")["value"], "{{workflow.parameters.ferry-script-train}}");
     assert_eq!(env(train, "WANDB_API_KEY")["valueFrom"], json!({"secretKeyRef": {"name": "wandb", "key": "api-key"}}));
-    assert_eq!(env(train, "FERRY_RUN_ID")["value"], "42");
+    assert_eq!(env(train, "FERRY_RUN_ID")["value"], "{{workflow.parameters.ferry-run-id}}");
+    assert_eq!(wf["spec"]["podMetadata"]["labels"]["ferry.dev/run-id"], "42", "pods get the run's labels");
     let args = wf["spec"]["arguments"]["parameters"].as_array().expect("arguments");
     assert!(args.contains(&json!({"name": "lr", "value": "0.001"})));
     assert!(args.contains(&json!({"name": "ferry-script-train", "value": "python train.py --lr \"$FERRY_PARAM_LR\""})));
@@ -205,6 +208,38 @@ fn strip_tags(manifest: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[test]
+fn the_skeleton_is_reused_and_runs_differ_only_in_their_own_parts() {
+    let renderer = Renderer::embedded();
+    let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
+    let a = renderer.render(&p, &profile(), &ctx(EventKind::Push, "main")).expect("renders").manifest;
+    let mut other = ctx(EventKind::Push, "main");
+    other.run_id = 43;
+    other.sha = "fedcba9876543210fedcba9876543210fedcba98".into();
+    let b = renderer.render(&p, &profile(), &other).expect("renders").manifest;
+    assert_eq!(renderer.skeletons.lock().expect("lock").len(), 1, "one skeleton for both runs");
+    assert_eq!(b["metadata"]["name"], "ferry-43");
+    assert_eq!(a["spec"]["templates"], b["spec"]["templates"]);
+    assert_ne!(a["spec"]["arguments"], b["spec"]["arguments"]);
+    // A run whose gates skip a step needs (and caches) another skeleton.
+    renderer.render(&p, &profile(), &ctx(EventKind::Push, "dev")).expect("renders");
+    assert_eq!(renderer.skeletons.lock().expect("lock").len(), 2);
+    // Same text, another profile: another skeleton.
+    let mut jobset = profile();
+    jobset.distributed = Distributed::Jobset;
+    renderer.render(&p, &jobset, &ctx(EventKind::Push, "main")).expect("renders");
+    assert_eq!(renderer.skeletons.lock().expect("lock").len(), 3);
+}
+
+#[test]
+fn undeclared_parameters_are_refused() {
+    let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
+    let mut c = ctx(EventKind::Manual, "main");
+    c.params.insert("batch".into(), "1".into());
+    let err = Renderer::embedded().render(&p, &profile(), &c).expect_err("undeclared");
+    assert_eq!(err.to_string(), "invalid run context: parameter `batch` is not declared by pipeline `demo`");
 }
 
 #[test]

@@ -7,10 +7,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+/// A series: metric name and its labels.
+type Series = (String, Vec<(String, String)>);
+
 /// Counters keyed by (name, sorted labels).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(String, Vec<(String, String)>), u64>>,
+    counters: Mutex<BTreeMap<Series, u64>>,
     help: Mutex<BTreeMap<String, String>>,
 }
 
