@@ -293,7 +293,12 @@ pub fn substitute_arguments(manifest: &str, workflow: &Value) -> String {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|p| (p["name"].as_str().unwrap_or_default().to_owned(), p["value"].as_str().unwrap_or_default().to_owned()))
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or_default().to_owned(),
+                        p["value"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -302,9 +307,13 @@ pub fn substitute_arguments(manifest: &str, workflow: &Value) -> String {
     while let Some(start) = rest.find(OPEN) {
         out.push_str(&rest[..start]);
         let after = &rest[start + OPEN.len()..];
-        let end = after.find(CLOSE).unwrap_or_else(|| panic!("unterminated toJson expression in: {after}"));
+        let end = after
+            .find(CLOSE)
+            .unwrap_or_else(|| panic!("unterminated toJson expression in: {after}"));
         let name = &after[..end];
-        let value = args.get(name).unwrap_or_else(|| panic!("argument `{name}` is not declared"));
+        let value = args
+            .get(name)
+            .unwrap_or_else(|| panic!("argument `{name}` is not declared"));
         out.push_str(&Value::String(value.clone()).to_string());
         rest = &after[end + CLOSE.len()..];
     }
@@ -501,25 +510,6 @@ fn strings_into<'a>(path: JsonPath, v: &'a Value, out: &mut Vec<(JsonPath, &'a s
 // The `ferry` binary
 // ---------------------------------------------------------------------------------------------
 
-/// The `ferry` binary next to this test binary (`target/<profile>/ferry`).
-///
-/// Cargo builds it for `cargo test --workspace`, not for `cargo test -p ferry-tests` alone.
-pub fn ferry_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(format!("ferry{}", std::env::consts::EXE_SUFFIX)))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the `ferry` binary was not found next to {} (in target/debug/); build it with \
-                 `cargo test --workspace` (or `cargo build -p ferry`) before running these tests",
-                exe.display()
-            )
-        })
-}
-
 /// The result of one `ferry` invocation.
 #[derive(Debug)]
 pub struct Run {
@@ -559,10 +549,9 @@ fn clip_lines(s: &str) -> String {
     }
 }
 
-/// Runs `ferry ARGS` in `dir`.
-pub fn ferry(dir: &Path, args: &[&str]) -> Run {
-    let bin = ferry_bin();
-    let output: Output = Command::new(&bin)
+/// Runs the `ferry` binary at `bin` with ARGS in `dir`.
+pub fn ferry_at(bin: &Path, dir: &Path, args: &[&str]) -> Run {
+    let output: Output = Command::new(bin)
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")

@@ -3,7 +3,6 @@
 //!
 //! `cargo bench -p ferry-engine --bench render`; figures go in docs/PERFORMANCE.md.
 
-
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
@@ -34,14 +33,26 @@ fn context(params: BTreeMap<String, String>) -> RunContext {
 
 fn bench(c: &mut Criterion) {
     let profile = Profile::from_yaml("profile.yaml", PROFILE).expect("example profile is valid");
-    let pipeline = pipeline::load("train-eval-deploy.yaml", PIPELINE, Some(&profile)).expect("example is valid");
+    let pipeline = pipeline::load("train-eval-deploy.yaml", PIPELINE, Some(&profile))
+        .expect("example is valid");
     let ctx = context(pipeline.params.clone());
     let renderer = Renderer::embedded();
     c.bench_function("render train-eval-deploy (self-checked)", |b| {
-        b.iter(|| renderer.render(black_box(&pipeline), &profile, &ctx).expect("renders"))
+        b.iter(|| {
+            renderer
+                .render(black_box(&pipeline), &profile, &ctx)
+                .expect("renders")
+        })
     });
     c.bench_function("load + validate train-eval-deploy", |b| {
-        b.iter(|| pipeline::load("train-eval-deploy.yaml", black_box(PIPELINE), Some(&profile)).expect("valid"))
+        b.iter(|| {
+            pipeline::load(
+                "train-eval-deploy.yaml",
+                black_box(PIPELINE),
+                Some(&profile),
+            )
+            .expect("valid")
+        })
     });
 }
 

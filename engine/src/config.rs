@@ -212,7 +212,13 @@ impl Config {
             .into_iter()
             .map(|(path, message)| {
                 let (line, column) = map.locate(&path);
-                Problem { file: file.to_owned(), line, column, path, message }
+                Problem {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    path,
+                    message,
+                }
             })
             .collect::<Vec<_>>();
         let mut list = list;
@@ -223,9 +229,9 @@ impl Config {
     /// The project whose `repo` is one of `urls`.
     pub fn project_for(&self, forge: ForgeKind, urls: &[String]) -> Option<&ProjectConfig> {
         let wanted: Vec<String> = urls.iter().map(|u| canonical_repo_url(u)).collect();
-        self.projects
-            .iter()
-            .find(|p| p.forge.kind() == Some(forge) && wanted.contains(&canonical_repo_url(&p.repo)))
+        self.projects.iter().find(|p| {
+            p.forge.kind() == Some(forge) && wanted.contains(&canonical_repo_url(&p.repo))
+        })
     }
 
     /// A project by name.
@@ -236,23 +242,43 @@ impl Config {
     fn check(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if self.profile.is_some() && self.profile_file.is_some() {
-            out.push(("profile".to_owned(), "give `profile` or `profile_file`, not both".to_owned()));
+            out.push((
+                "profile".to_owned(),
+                "give `profile` or `profile_file`, not both".to_owned(),
+            ));
         }
         let db = &self.database_url;
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
-            out.push(("database_url".into(), format!("`{db}`: expected sqlite://FILE or postgres://USER@HOST/DB")));
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            out.push((
+                "database_url".into(),
+                format!("`{db}`: expected sqlite://FILE or postgres://USER@HOST/DB"),
+            ));
         }
         if let Some(profile) = &self.profile {
-            out.extend(profile.check().into_iter().map(|(path, msg)| (format!("profile.{path}"), msg)));
+            out.extend(
+                profile
+                    .check()
+                    .into_iter()
+                    .map(|(path, msg)| (format!("profile.{path}"), msg)),
+            );
         }
         let mut names = BTreeSet::new();
         for (i, p) in self.projects.iter().enumerate() {
             let at = format!("projects[{i}]");
             if !crate::pipeline::is_dns_label(&p.name) {
-                out.push((format!("{at}.name"), format!("`{}`: use lower-case letters, digits and `-`", p.name)));
+                out.push((
+                    format!("{at}.name"),
+                    format!("`{}`: use lower-case letters, digits and `-`", p.name),
+                ));
             }
             if !names.insert(p.name.as_str()) {
-                out.push((format!("{at}.name"), format!("project `{}` is defined twice", p.name)));
+                out.push((
+                    format!("{at}.name"),
+                    format!("project `{}` is defined twice", p.name),
+                ));
             }
             if p.repo.trim().is_empty() {
                 out.push((format!("{at}.repo"), "`repo` is empty".into()));
@@ -263,7 +289,10 @@ impl Config {
             if let Some(ns) = &p.namespace
                 && !crate::pipeline::is_dns_label(ns)
             {
-                out.push((format!("{at}.namespace"), format!("`{ns}` is not a namespace name")));
+                out.push((
+                    format!("{at}.namespace"),
+                    format!("`{ns}` is not a namespace name"),
+                ));
             }
         }
         out
@@ -278,9 +307,18 @@ mod tests {
     fn urls_compare_in_canonical_form() {
         let a = canonical_repo_url("https://GitLab.example.com/ml/resnet.git/");
         assert_eq!(a, "gitlab.example.com/ml/resnet");
-        assert_eq!(canonical_repo_url("git@gitlab.example.com:ml/resnet.git"), a);
-        assert_eq!(canonical_repo_url("ssh://git@gitlab.example.com/ml/resnet"), a);
-        assert_eq!(canonical_repo_url("http://localhost:8080/ml/resnet.git"), "localhost:8080/ml/resnet");
+        assert_eq!(
+            canonical_repo_url("git@gitlab.example.com:ml/resnet.git"),
+            a
+        );
+        assert_eq!(
+            canonical_repo_url("ssh://git@gitlab.example.com/ml/resnet"),
+            a
+        );
+        assert_eq!(
+            canonical_repo_url("http://localhost:8080/ml/resnet.git"),
+            "localhost:8080/ml/resnet"
+        );
     }
 
     #[test]
@@ -289,12 +327,16 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url, "sqlite://ferry.db");
         let bad = "projects:\n  - { name: Res, repo: x, forge: gitlab }\n";
-        let err = Config::from_yaml("ferry.yaml", bad).expect_err("invalid").to_string();
+        let err = Config::from_yaml("ferry.yaml", bad)
+            .expect_err("invalid")
+            .to_string();
         assert_eq!(
             err,
             "ferry.yaml:2:5: projects[0]: a project on a forge needs `webhook_secret_env` (the env var holding the webhook secret)\nferry.yaml:2:13: projects[0].name: `Res`: use lower-case letters, digits and `-`"
         );
-        let typo = Config::from_yaml("ferry.yaml", "listn: 1\n").expect_err("typo").to_string();
+        let typo = Config::from_yaml("ferry.yaml", "listn: 1\n")
+            .expect_err("typo")
+            .to_string();
         assert!(typo.contains("did you mean `listen`?"), "{typo}");
     }
 
@@ -303,7 +345,11 @@ mod tests {
         let text = "projects:\n  - { name: resnet, repo: https://gitlab.example.com/ml/resnet.git, forge: gitlab, webhook_secret_env: S }\n";
         let c = Config::from_yaml("ferry.yaml", text).expect("valid");
         let urls = vec!["git@gitlab.example.com:ml/resnet.git".to_owned()];
-        assert_eq!(c.project_for(ForgeKind::Gitlab, &urls).map(|p| p.name.as_str()), Some("resnet"));
+        assert_eq!(
+            c.project_for(ForgeKind::Gitlab, &urls)
+                .map(|p| p.name.as_str()),
+            Some("resnet")
+        );
         assert!(c.project_for(ForgeKind::Github, &urls).is_none());
     }
 }

@@ -52,7 +52,10 @@ impl std::error::Error for Problems {}
 /// Suggests the closest allowed name for a misspelt one ("did you mean ...").
 ///
 /// Returns `None` when nothing is close enough to be a plausible typo.
-pub fn did_you_mean<'a>(given: &str, allowed: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    given: &str,
+    allowed: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (given.chars().count().div_ceil(3)).max(1);
     allowed
         .into_iter()
@@ -65,7 +68,11 @@ pub fn did_you_mean<'a>(given: &str, allowed: impl IntoIterator<Item = &'a str>)
 /// Formats a list of allowed names for a message: `` `a`, `b`, `c` `` or `(none)`.
 pub fn allowed_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     let list: Vec<String> = names.into_iter().map(|n| format!("`{n}`")).collect();
-    if list.is_empty() { "(none are defined)".to_owned() } else { list.join(", ") }
+    if list.is_empty() {
+        "(none are defined)".to_owned()
+    } else {
+        list.join(", ")
+    }
 }
 
 /// Levenshtein distance over chars, case-insensitive.
@@ -90,8 +97,14 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("resorces", ["resources", "retries"]), Some("resources"));
-        assert_eq!(did_you_mean("gpu_typ", ["gpu", "gpu_type"]), Some("gpu_type"));
+        assert_eq!(
+            did_you_mean("resorces", ["resources", "retries"]),
+            Some("resources")
+        );
+        assert_eq!(
+            did_you_mean("gpu_typ", ["gpu", "gpu_type"]),
+            Some("gpu_type")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["resources", "retries"]), None);
     }
 

@@ -64,17 +64,32 @@ fn to_problem(file: &str, text: &str, error: &serde_saphyr::Error) -> Problem {
     let raw = error.without_snippet().to_string();
     let stripped = strip_position(&raw);
     let message = budget_message(stripped).unwrap_or_else(|| improve_message(stripped));
-    let path = if line > 0 { SourceMap::build(text).path_at(line, column) } else { String::new() };
-    Problem { file: file.to_owned(), line, column, path, message }
+    let path = if line > 0 {
+        SourceMap::build(text).path_at(line, column)
+    } else {
+        String::new()
+    };
+    Problem {
+        file: file.to_owned(),
+        line,
+        column,
+        path,
+        message,
+    }
 }
 
 /// Removes a trailing " at line X column Y" that serde-saphyr appends; we print positions ourselves.
 fn strip_position(message: &str) -> &str {
-    let Some(i) = message.rfind(" at line ") else { return message };
+    let Some(i) = message.rfind(" at line ") else {
+        return message;
+    };
     let tail = &message[i + " at line ".len()..];
     let positional = tail.split_once(" column ").is_some_and(|(l, c)| {
         let l = l.trim_end_matches(',');
-        !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_digit())
+            && !c.is_empty()
+            && c.bytes().all(|b| b.is_ascii_digit())
     });
     if positional { &message[..i] } else { message }
 }
@@ -83,9 +98,13 @@ fn strip_position(message: &str) -> &str {
 fn budget_message(message: &str) -> Option<String> {
     let breach = message.strip_prefix("budget breached: ")?;
     let what = match breach.split_whitespace().next().unwrap_or_default() {
-        "Aliases" => format!("more than {MAX_ALIASES} alias uses (`*name`); alias expansion (\"billion laughs\") is refused"),
+        "Aliases" => format!(
+            "more than {MAX_ALIASES} alias uses (`*name`); alias expansion (\"billion laughs\") is refused"
+        ),
         "Events" | "Nodes" | "RecordedAnchorEvents" | "AnchorEvents" => {
-            format!("the document expands to more than {MAX_EVENTS} YAML nodes (through aliases or sheer size); alias expansion (\"billion laughs\") is refused")
+            format!(
+                "the document expands to more than {MAX_EVENTS} YAML nodes (through aliases or sheer size); alias expansion (\"billion laughs\") is refused"
+            )
         }
         "Depth" => format!("nesting depth over {MAX_DEPTH} levels"),
         "Documents" => "more than one YAML document (`---`) in one file".to_owned(),
@@ -103,7 +122,9 @@ fn improve_message(message: &str) -> String {
     else {
         return message.to_owned();
     };
-    let Some((given, tail)) = rest.split_once('`') else { return message.to_owned() };
+    let Some((given, tail)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
     let list = tail
         .split_once("expected one of ")
         .or_else(|| tail.split_once("expected "))
@@ -127,8 +148,14 @@ pub struct SourceMap {
 }
 
 enum Frame {
-    Map { path: String, pending_key: Option<(String, (u32, u32))> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        pending_key: Option<(String, (u32, u32))>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 impl SourceMap {
@@ -173,7 +200,10 @@ impl SourceMap {
     fn node(&mut self, stack: &mut Vec<Frame>, pos: (u32, u32), opens: Option<bool>) {
         let path = self.place(stack, pos);
         match opens {
-            Some(true) => stack.push(Frame::Map { path, pending_key: None }),
+            Some(true) => stack.push(Frame::Map {
+                path,
+                pending_key: None,
+            }),
             Some(false) => stack.push(Frame::Seq { path, index: 0 }),
             None => {}
         }
@@ -218,7 +248,10 @@ impl SourceMap {
 
     /// The position of a mapping key (the field name itself), falling back to [`Self::locate`].
     pub fn locate_key(&self, path: &str) -> (u32, u32) {
-        self.keys.get(path).copied().unwrap_or_else(|| self.locate(path))
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.locate(path))
     }
 
     /// The path of the node at or last before a position.
@@ -239,7 +272,11 @@ impl SourceMap {
 }
 
 fn join_key(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 /// The parent of a field path: `a.b[2]` -> `a.b`, `a.b` -> `a`, `a` -> ``.

@@ -10,8 +10,8 @@ use ferry_engine::profile::Distributed;
 use ferry_engine::render::Renderer;
 use ferry_tests::{
     ArgoSchemas, Variant, argo_schemas, argo_tags, arguments, examples, profile_with, read,
-    schema_errors, shared_argo_dir, strings, strip_arg_expressions, substitute_arguments, templates, variant_context,
-    yaml_to_json,
+    schema_errors, shared_argo_dir, strings, strip_arg_expressions, substitute_arguments,
+    templates, variant_context, yaml_to_json,
 };
 use serde_json::{Value, json};
 
@@ -192,9 +192,13 @@ fn resource_manifests_are_pytorchjobs_or_jobsets_that_reference_declared_argumen
                     case.what, inner["apiVersion"], inner["kind"]
                 ));
             }
-            let substituted: Value = serde_json::from_str(&substitute_arguments(text, &case.manifest)).unwrap_or(Value::Null);
+            let substituted: Value =
+                serde_json::from_str(&substitute_arguments(text, &case.manifest))
+                    .unwrap_or(Value::Null);
             let name = substituted["metadata"]["name"].as_str().unwrap_or_default();
-            let run_id = case.manifest["metadata"]["labels"]["ferry.dev/run-id"].as_str().unwrap_or_default();
+            let run_id = case.manifest["metadata"]["labels"]["ferry.dev/run-id"]
+                .as_str()
+                .unwrap_or_default();
             if !name.starts_with(&format!("ferry-{run_id}-")) {
                 failures.push(format!(
                     "{}: template {tname}: inner object has no metadata.name",

@@ -1,12 +1,13 @@
 //! The `ferry` binary as a user runs it: `validate`, `schema`, `render`.
 //!
-//! The binary is `target/<profile>/ferry`, built by `cargo test --workspace`.
+//! The binary is cargo's `ferry-under-test`: the real `webhooks/src/main.rs`, built for this package.
 
+use crate::ferry;
 use ferry_engine::pipeline::{self, EventKind};
 use ferry_engine::render::RunContext;
 use ferry_tests::{
-    SHA, TempDir, clip, default_params, diffs, example, examples, ferry, profile, render,
-    schema_errors, workspace_root, yaml_to_json,
+    SHA, TempDir, clip, default_params, diffs, example, examples, profile, render, schema_errors,
+    workspace_root, yaml_to_json,
 };
 use serde_json::Value;
 

@@ -4,7 +4,9 @@
 use ferry_engine::pipeline;
 use ferry_engine::profile::Profile;
 use ferry_engine::yaml::{MAX_DEPTH, MAX_FILE_BYTES};
-use ferry_tests::{TempDir, example, ferry, profile};
+use ferry_tests::{TempDir, example, profile};
+
+use crate::ferry;
 
 /// A valid pipeline to embed things in.
 fn base() -> String {

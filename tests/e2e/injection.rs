@@ -369,7 +369,10 @@ fn merge_request_numbers_only_change_the_mr_variable() {
         );
         for d in diffs(&plain, &big) {
             let is_mr_env = matches!(d.path.0.as_slice(), [.., Seg::Index(_), Seg::Key(v)] if v == "value")
-                && matches!(value_at_parent_name(&big, &d.path), Some("FERRY_MR" | "ferry-mr"));
+                && matches!(
+                    value_at_parent_name(&big, &d.path),
+                    Some("FERRY_MR" | "ferry-mr")
+                );
             let is_inner = matches!(d.path.0.last(), Some(Seg::Key(k)) if k == "manifest");
             assert!(
                 is_mr_env || is_inner,

@@ -48,7 +48,11 @@ async fn server() -> Server {
         metrics: Arc::new(Metrics::default()),
         planner_wake: Arc::new(Notify::new()),
     };
-    Server { app: router(state), store, _dir: dir }
+    Server {
+        app: router(state),
+        store,
+        _dir: dir,
+    }
 }
 
 async fn post(app: &Router, path: &str, headers: &[(String, String)], body: Vec<u8>) -> StatusCode {
@@ -56,7 +60,11 @@ async fn post(app: &Router, path: &str, headers: &[(String, String)], body: Vec<
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    let response = app.clone().oneshot(req.body(Body::from(body)).expect("request")).await.expect("response");
+    let response = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).expect("request"))
+        .await
+        .expect("response");
     response.status()
 }
 
@@ -66,14 +74,25 @@ type Headers = Vec<(String, String)>;
 /// (file, forge path, headers, body) for every fixture in index.json.
 fn fixtures() -> Option<Vec<(String, String, Headers, Vec<u8>)>> {
     let dir = shared_fixtures_dir()?;
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).expect("index")).expect("json");
-    let list = index["fixtures"].as_array().expect("fixtures").iter().map(|f| {
-        let file = f["file"].as_str().expect("file").to_owned();
-        let forge = f["forge"].as_str().expect("forge");
-        let headers = f["headers"].as_object().expect("headers").iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect();
-        let body = std::fs::read(dir.join(&file)).expect("fixture");
-        (file, format!("/hooks/{forge}"), headers, body)
-    });
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).expect("index"))
+            .expect("json");
+    let list = index["fixtures"]
+        .as_array()
+        .expect("fixtures")
+        .iter()
+        .map(|f| {
+            let file = f["file"].as_str().expect("file").to_owned();
+            let forge = f["forge"].as_str().expect("forge");
+            let headers = f["headers"]
+                .as_object()
+                .expect("headers")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect();
+            let body = std::fs::read(dir.join(&file)).expect("fixture");
+            (file, format!("/hooks/{forge}"), headers, body)
+        });
     Some(list.collect())
 }
 
@@ -98,20 +117,30 @@ async fn every_fixture_is_stored_once_and_redeliveries_change_nothing() {
         assert_eq!(first, StatusCode::ACCEPTED, "{file}");
         let again = post(&s.app, path, headers, body.clone()).await;
         if IGNORED.contains(&file.as_str()) {
-            assert_eq!(again, StatusCode::ACCEPTED, "{file}: ignored deliveries stay 202");
+            assert_eq!(
+                again,
+                StatusCode::ACCEPTED,
+                "{file}: ignored deliveries stay 202"
+            );
         } else {
             stored += 1;
             assert_eq!(again, StatusCode::OK, "{file}: a redelivery answers 200");
         }
     }
     assert_eq!(s.store.event_count().await.expect("count"), stored);
-    assert_eq!(stored, i64::try_from(fixtures.len() - IGNORED.len()).expect("small"));
+    assert_eq!(
+        stored,
+        i64::try_from(fixtures.len() - IGNORED.len()).expect("small")
+    );
 }
 
 fn gitlab_push() -> Option<(Headers, Vec<u8>)> {
     let dir = shared_fixtures_dir()?;
     let body = std::fs::read(dir.join("gitlab/push.json")).expect("push.json");
-    let headers = vec![("X-Gitlab-Event".to_owned(), "Push Hook".to_owned()), ("X-Gitlab-Token".to_owned(), SECRET.to_owned())];
+    let headers = vec![
+        ("X-Gitlab-Event".to_owned(), "Push Hook".to_owned()),
+        ("X-Gitlab-Token".to_owned(), SECRET.to_owned()),
+    ];
     Some((headers, body))
 }
 
@@ -124,17 +153,46 @@ async fn bad_secrets_malformed_and_oversized_bodies_store_nothing() {
     let s = server().await;
     let mut wrong = headers.clone();
     wrong[1].1 = "not the secret".into();
-    assert_eq!(post(&s.app, "/hooks/gitlab", &wrong, body.clone()).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(post(&s.app, "/hooks/gitlab", &headers[..1], body.clone()).await, StatusCode::UNAUTHORIZED);
-    let gh = vec![("X-GitHub-Event".to_owned(), "push".to_owned()), ("X-Hub-Signature-256".to_owned(), "sha256=00".to_owned())];
-    let gh_body = std::fs::read(shared_fixtures_dir().expect("dir").join("github/push.branch_created.json")).expect("fixture");
-    assert_eq!(post(&s.app, "/hooks/github", &gh, gh_body).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(post(&s.app, "/hooks/gitlab", &headers, b"{not json".to_vec()).await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(&s.app, "/hooks/gitlab", &wrong, body.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(&s.app, "/hooks/gitlab", &headers[..1], body.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let gh = vec![
+        ("X-GitHub-Event".to_owned(), "push".to_owned()),
+        ("X-Hub-Signature-256".to_owned(), "sha256=00".to_owned()),
+    ];
+    let gh_body = std::fs::read(
+        shared_fixtures_dir()
+            .expect("dir")
+            .join("github/push.branch_created.json"),
+    )
+    .expect("fixture");
+    assert_eq!(
+        post(&s.app, "/hooks/github", &gh, gh_body).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(&s.app, "/hooks/gitlab", &headers, b"{not json".to_vec()).await,
+        StatusCode::BAD_REQUEST
+    );
     let huge = vec![b' '; 26 * 1024 * 1024];
-    assert_eq!(post(&s.app, "/hooks/gitlab", &headers, huge).await, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        post(&s.app, "/hooks/gitlab", &headers, huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     assert_eq!(s.store.event_count().await.expect("count"), 0);
-    let unknown = String::from_utf8(body).expect("utf8").replace("mike/diaspora", "someone/else");
-    assert_eq!(post(&s.app, "/hooks/gitlab", &headers, unknown.into_bytes()).await, StatusCode::ACCEPTED, "unknown repositories get 202");
+    let unknown = String::from_utf8(body)
+        .expect("utf8")
+        .replace("mike/diaspora", "someone/else");
+    assert_eq!(
+        post(&s.app, "/hooks/gitlab", &headers, unknown.into_bytes()).await,
+        StatusCode::ACCEPTED,
+        "unknown repositories get 202"
+    );
     assert_eq!(s.store.event_count().await.expect("count"), 0);
 }
 
@@ -156,8 +214,18 @@ async fn fifty_concurrent_copies_of_one_delivery_store_one_event() {
     for t in tasks {
         codes.push(t.await.expect("task"));
     }
-    assert_eq!(codes.iter().filter(|c| **c == StatusCode::ACCEPTED).count(), 1, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == StatusCode::ACCEPTED).count(),
+        1,
+        "{codes:?}"
+    );
     assert_eq!(codes.iter().filter(|c| **c == StatusCode::OK).count(), 49);
     assert_eq!(s.store.event_count().await.expect("count"), 1);
-    assert!(s.store.event_by_key("gitlab:same-delivery").await.expect("query").is_some());
+    assert!(
+        s.store
+            .event_by_key("gitlab:same-delivery")
+            .await
+            .expect("query")
+            .is_some()
+    );
 }

@@ -20,3 +20,13 @@ mod injection;
 mod intake;
 mod planning;
 mod snapshot;
+
+/// Runs `ferry ARGS` in `dir`, with the binary cargo built for this package from the real
+/// `main.rs` (never a stale one).
+pub fn ferry(dir: &std::path::Path, args: &[&str]) -> ferry_tests::Run {
+    ferry_tests::ferry_at(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ferry-under-test")),
+        dir,
+        args,
+    )
+}

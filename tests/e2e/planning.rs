@@ -27,7 +27,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "t@example.com")
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -46,7 +50,8 @@ fn commit(dir: &Path, message: &str) -> String {
 const TRAIN: &str = "version: 1\nname: train\non:\n  push:\n    branches: [main]\n    paths: [\"model/**\"]\ndefaults: { image: img:1 }\nparams: { lr: \"0.1\" }\nsteps:\n  - { name: fit, kind: train, run: python fit.py }\n";
 const LINT: &str = "version: 1\nname: lint\non:\n  push:\n    paths_ignore: [\"docs/**\"]\ndefaults: { image: img:1 }\nsteps:\n  - { name: check, kind: task, run: make lint }\n";
 const MANUAL: &str = "version: 1\nname: manual-only\ndefaults: { image: img:1 }\nsteps:\n  - { name: x, kind: task, run: x }\n";
-const BROKEN: &str = "version: 1\nname: broken\nsteps:\n  - { name: x, kind: task, run: x, resorces: {} }\n";
+const BROKEN: &str =
+    "version: 1\nname: broken\nsteps:\n  - { name: x, kind: task, run: x, resorces: {} }\n";
 
 struct World {
     upstream: TempDir,
@@ -62,12 +67,31 @@ async fn world() -> World {
     git(upstream.path(), &["init", "-q", "-b", "main"]);
     let data = TempDir::new("ferry-data");
     let url = format!("file://{}", upstream.path().display());
-    let yaml = format!("projects:\n  - {{ name: demo, repo: \"{url}\", forge: gitlab, webhook_secret_env: S }}\n");
+    let yaml = format!(
+        "projects:\n  - {{ name: demo, repo: \"{url}\", forge: gitlab, webhook_secret_env: S }}\n"
+    );
     let config = Config::from_yaml("ferry.yaml", &yaml).expect("config");
-    let store = Store::open(&format!("sqlite://{}", data.path().join("ferry.db").display())).await.expect("store");
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        data.path().join("ferry.db").display()
+    ))
+    .await
+    .expect("store");
     let secrets: Secrets = HashMap::from([("demo".to_owned(), Secret::new("s"))]);
-    let planner = Planner::new(store.clone(), Arc::new(config.clone()), Arc::new(Profile::default()), data.path().to_path_buf());
-    World { upstream, store, config, secrets, planner, _data: data }
+    let planner = Planner::new(
+        store.clone(),
+        Arc::new(config.clone()),
+        Arc::new(Profile::default()),
+        data.path().to_path_buf(),
+    );
+    World {
+        upstream,
+        store,
+        config,
+        secrets,
+        planner,
+        _data: data,
+    }
 }
 
 impl World {
@@ -86,15 +110,35 @@ impl World {
             ("Idempotency-Key".into(), key.into()),
         ]);
         let body = serde_json::to_vec(&body).expect("json");
-        let outcome = intake::receive(&self.store, &self.config, &self.secrets, ForgeKind::Gitlab, &headers, &body).await.expect("stored");
+        let outcome = intake::receive(
+            &self.store,
+            &self.config,
+            &self.secrets,
+            ForgeKind::Gitlab,
+            &headers,
+            &body,
+        )
+        .await
+        .expect("stored");
         assert!(matches!(outcome, Outcome::Stored { .. }), "{outcome:?}");
     }
 
     /// Runs (pipeline, state) at a commit, sorted.
     async fn runs_at(&self, sha: &str) -> Vec<(String, RunState)> {
-        let filter = RunFilter { sha: Some(sha.to_owned()), ..RunFilter::default() };
-        let page = self.store.list_runs(&filter, Page::first(100)).await.expect("list");
-        let mut runs: Vec<(String, RunState)> = page.runs.into_iter().map(|r| (r.pipeline, r.state)).collect();
+        let filter = RunFilter {
+            sha: Some(sha.to_owned()),
+            ..RunFilter::default()
+        };
+        let page = self
+            .store
+            .list_runs(&filter, Page::first(100))
+            .await
+            .expect("list");
+        let mut runs: Vec<(String, RunState)> = page
+            .runs
+            .into_iter()
+            .map(|r| (r.pipeline, r.state))
+            .collect();
         runs.sort();
         runs
     }
@@ -115,13 +159,37 @@ async fn a_push_plans_exactly_the_pipelines_it_triggers() {
     assert_eq!(w.planner.plan_pending().await.expect("plans"), 1);
     assert_eq!(
         w.runs_at(&first).await,
-        vec![("broken".into(), RunState::Failed), ("lint".into(), RunState::Queued), ("train".into(), RunState::Queued)]
+        vec![
+            ("broken".into(), RunState::Failed),
+            ("lint".into(), RunState::Queued),
+            ("train".into(), RunState::Queued)
+        ]
     );
-    let page = w.store.list_runs(&RunFilter { pipeline: Some("broken".into()), ..RunFilter::default() }, Page::first(10)).await.expect("list");
+    let page = w
+        .store
+        .list_runs(
+            &RunFilter {
+                pipeline: Some("broken".into()),
+                ..RunFilter::default()
+            },
+            Page::first(10),
+        )
+        .await
+        .expect("list");
     let problems = &page.runs[0].problems;
     assert_eq!(problems.len(), 1);
     assert!(problems[0].to_string().starts_with(".ferry/broken.yaml:4:36: steps[0].resorces: unknown field `resorces`, expected one of name, kind"), "{}", problems[0]);
-    let train = w.store.list_runs(&RunFilter { pipeline: Some("train".into()), ..RunFilter::default() }, Page::first(10)).await.expect("list");
+    let train = w
+        .store
+        .list_runs(
+            &RunFilter {
+                pipeline: Some("train".into()),
+                ..RunFilter::default()
+            },
+            Page::first(10),
+        )
+        .await
+        .expect("list");
     assert_eq!(train.runs[0].params.get("lr"), Some(&json!("0.1")));
     assert_eq!(train.runs[0].git_ref, "refs/heads/main");
 
@@ -135,7 +203,10 @@ async fn a_push_plans_exactly_the_pipelines_it_triggers() {
     let docs = commit(up, "docs only");
     w.push("d2", "main", &first, &docs, "docs only").await;
     w.planner.plan_pending().await.expect("plans");
-    assert_eq!(w.runs_at(&docs).await, vec![("broken".into(), RunState::Failed)]);
+    assert_eq!(
+        w.runs_at(&docs).await,
+        vec![("broken".into(), RunState::Failed)]
+    );
 
     // A model change on main runs both; `[skip ci]` in the head commit runs nothing.
     write(up, "model/net.py", "x = 2\n");
@@ -145,7 +216,8 @@ async fn a_push_plans_exactly_the_pipelines_it_triggers() {
     assert_eq!(w.runs_at(&model).await.len(), 3);
     write(up, "model/net.py", "x = 3\n");
     let skipped = commit(up, "wip [skip ci]");
-    w.push("d4", "main", &model, &skipped, "wip [skip ci]").await;
+    w.push("d4", "main", &model, &skipped, "wip [skip ci]")
+        .await;
     w.planner.plan_pending().await.expect("plans");
     assert!(w.runs_at(&skipped).await.is_empty());
 }
@@ -161,15 +233,29 @@ async fn feature_branches_deletions_and_restarts() {
     write(up, "src/a.py", "a\n");
     let feature = commit(up, "feature work");
     // A new branch: changed files are those since the merge base with the default branch.
-    w.push("f1", "feature/x", ZERO, &feature, "feature work").await;
+    w.push("f1", "feature/x", ZERO, &feature, "feature work")
+        .await;
     // A branch deletion starts nothing.
     w.push("f2", "feature/x", &feature, ZERO, "").await;
     // Stored but not planned before a "restart": a new planner on the same store plans them.
-    let restarted = Planner::new(w.store.clone(), Arc::new(w.config.clone()), Arc::new(Profile::default()), w._data.path().to_path_buf());
+    let restarted = Planner::new(
+        w.store.clone(),
+        Arc::new(w.config.clone()),
+        Arc::new(Profile::default()),
+        w._data.path().to_path_buf(),
+    );
     assert_eq!(restarted.plan_pending().await.expect("plans"), 2);
-    assert_eq!(w.runs_at(&feature).await, vec![("lint".into(), RunState::Queued)], "train runs on main only");
+    assert_eq!(
+        w.runs_at(&feature).await,
+        vec![("lint".into(), RunState::Queued)],
+        "train runs on main only"
+    );
     assert!(w.runs_at(&base).await.is_empty());
-    assert_eq!(restarted.plan_pending().await.expect("plans"), 0, "nothing left to plan");
+    assert_eq!(
+        restarted.plan_pending().await.expect("plans"),
+        0,
+        "nothing left to plan"
+    );
 }
 
 #[tokio::test]
@@ -182,19 +268,47 @@ async fn fetch_failures_are_retried_not_dropped() {
     w.push("m1", "main", ZERO, missing, "gone").await;
     w.push("m2", "main", missing, &base, "base").await;
     assert_eq!(w.planner.plan_pending().await.expect("pass"), 0);
-    assert!(w.runs_at(&base).await.is_empty(), "the later push waits behind the one backing off: order per project");
-    let later = w.store.event_by_key("gitlab:m2").await.expect("query").expect("kept");
+    assert!(
+        w.runs_at(&base).await.is_empty(),
+        "the later push waits behind the one backing off: order per project"
+    );
+    let later = w
+        .store
+        .event_by_key("gitlab:m2")
+        .await
+        .expect("query")
+        .expect("kept");
     assert_eq!(later.attempts, 0);
-    let stored = w.store.event_by_key("gitlab:m1").await.expect("query").expect("kept");
+    let stored = w
+        .store
+        .event_by_key("gitlab:m1")
+        .await
+        .expect("query")
+        .expect("kept");
     assert_eq!(stored.attempts, 1);
-    assert!(stored.last_error.as_deref().is_some_and(|e| e.contains(missing)), "{:?}", stored.last_error);
+    assert!(
+        stored
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(missing)),
+        "{:?}",
+        stored.last_error
+    );
 }
 
 /// Sends one HTTP/1.1 request and returns the status code.
-async fn http_post(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -203,7 +317,11 @@ async fn http_post(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &st
     stream.write_all(body).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line")
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line")
 }
 
 #[tokio::test]
@@ -222,35 +340,60 @@ async fn ferry_serve_stores_wakes_the_planner_and_shuts_down_cleanly() {
     );
     let config = Config::from_yaml("ferry.yaml", &yaml).expect("config");
     let secrets = ferry::server::read_secrets(&config, |_| Some("s".to_owned())).expect("secrets");
-    let loaded = ferry::server::Loaded { config, profile: Profile::default(), source: "test".into() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let loaded = ferry::server::Loaded {
+        config,
+        profile: Profile::default(),
+        source: "test".into(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ferry::server::serve_with(loaded, secrets, listener, async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(ferry::server::serve_with(
+        loaded,
+        secrets,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let body = serde_json::to_vec(&json!({
         "object_kind": "push", "before": ZERO, "after": sha, "ref": "refs/heads/main",
         "project": {"path_with_namespace": "demo/demo", "default_branch": "main", "git_http_url": url},
         "commits": [{"id": sha, "message": "first"}]
     }))
     .expect("json");
-    let headers = [("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "s"), ("Idempotency-Key", "serve-1")];
+    let headers = [
+        ("X-Gitlab-Event", "Push Hook"),
+        ("X-Gitlab-Token", "s"),
+        ("Idempotency-Key", "serve-1"),
+    ];
     assert_eq!(http_post(addr, "/hooks/gitlab", &headers, &body).await, 202);
     assert_eq!(http_post(addr, "/hooks/gitlab", &headers, &body).await, 200);
     // The planner was woken by the delivery; wait (bounded) for its run to appear.
     let store = Store::open(&db).await.expect("store");
-    let filter = RunFilter { sha: Some(sha.clone()), ..RunFilter::default() };
+    let filter = RunFilter {
+        sha: Some(sha.clone()),
+        ..RunFilter::default()
+    };
     let mut runs = Vec::new();
     for _ in 0..300 {
-        runs = store.list_runs(&filter, Page::first(10)).await.expect("list").runs;
+        runs = store
+            .list_runs(&filter, Page::first(10))
+            .await
+            .expect("list")
+            .runs;
         if !runs.is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(runs.len(), 1, "the push planned one run");
-    assert_eq!((runs[0].pipeline.as_str(), runs[0].state), ("lint", RunState::Queued));
+    assert_eq!(
+        (runs[0].pipeline.as_str(), runs[0].state),
+        ("lint", RunState::Queued)
+    );
     let _ = stop.send(());
     server.await.expect("join").expect("clean shutdown");
     store.close().await;

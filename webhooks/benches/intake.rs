@@ -31,7 +31,11 @@ async fn send(stream: &mut BufReader<TcpStream>, i: usize) -> std::io::Result<u1
     stream.get_mut().write_all(request.as_bytes()).await?;
     let mut line = String::new();
     stream.read_line(&mut line).await?;
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut length = 0usize;
     loop {
         line.clear();
@@ -54,7 +58,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let total = args.first().copied().unwrap_or(20_000);
     let connections = args.get(1).copied().unwrap_or(32);
     let dir = std::env::temp_dir().join(format!("ferry-intake-bench-{}", std::process::id()));
@@ -66,12 +73,18 @@ fn main() -> anyhow::Result<()> {
     );
     let config = Config::from_yaml("bench.yaml", &yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secrets = server::read_secrets(&config, |_| Some(SECRET.to_owned()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let loaded = Loaded { config, profile: Profile::default(), source: "bench".into() };
+        let loaded = Loaded {
+            config,
+            profile: Profile::default(),
+            source: "bench".into(),
+        };
         let server = tokio::spawn(server::serve_with(loaded, secrets, listener, async move {
             let _ = stop_rx.await;
         }));
@@ -108,20 +121,38 @@ fn main() -> anyhow::Result<()> {
         let store = Store::open(&db).await?;
         let mut missing = 0;
         for i in &accepted {
-            if store.event_by_key(&format!("gitlab:load-{i}")).await?.is_none() {
+            if store
+                .event_by_key(&format!("gitlab:load-{i}"))
+                .await?
+                .is_none()
+            {
                 missing += 1;
             }
         }
         store.close().await;
-        println!("deliveries: {total} over {connections} connections in {:.2} s", elapsed.as_secs_f64());
-        println!("throughput: {:.0} deliveries/s (verified and stored before the 202)", total as f64 / elapsed.as_secs_f64());
-        println!("latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        println!(
+            "deliveries: {total} over {connections} connections in {:.2} s",
+            elapsed.as_secs_f64()
+        );
+        println!(
+            "throughput: {:.0} deliveries/s (verified and stored before the 202)",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        println!(
+            "latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             percentile(&latencies, 0.5).as_secs_f64() * 1e3,
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3));
-        println!("acknowledged with 202: {}; of those missing from the database: {missing}", accepted.len());
+            latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        );
+        println!(
+            "acknowledged with 202: {}; of those missing from the database: {missing}",
+            accepted.len()
+        );
         std::fs::remove_dir_all(&dir).ok();
-        anyhow::ensure!(missing == 0 && accepted.len() == total, "lost or refused deliveries");
+        anyhow::ensure!(
+            missing == 0 && accepted.len() == total,
+            "lost or refused deliveries"
+        );
         Ok(())
     })
 }

@@ -42,7 +42,13 @@ pub fn load(file: &str, text: &str, profile: Option<&Profile>) -> Result<Pipelin
                         (path, at)
                     }
                 };
-                Problem { file: file.to_owned(), line, column, path, message }
+                Problem {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    path,
+                    message,
+                }
             })
             .collect();
         problems.sort_by_key(|p| (p.line, p.column));
@@ -65,7 +71,8 @@ pub fn load_files(files: &[(String, Vec<u8>)], profile: Option<&Profile>) -> Loa
     let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (file, bytes) in files {
         let Ok(text) = std::str::from_utf8(bytes) else {
-            out.problems.push(whole_file(file, "file is not valid UTF-8"));
+            out.problems
+                .push(whole_file(file, "file is not valid UTF-8"));
             continue;
         };
         match load(file, text, profile) {
@@ -79,8 +86,18 @@ pub fn load_files(files: &[(String, Vec<u8>)], profile: Option<&Profile>) -> Loa
     for (name, files) in names.into_iter().filter(|(_, f)| f.len() > 1) {
         out.pipelines.retain(|p| p.name != name);
         for file in &files {
-            let others: Vec<&str> = files.iter().filter(|f| *f != file).map(String::as_str).collect();
-            let mut p = whole_file(file, &format!("pipeline name `{name}` is also used by {}", others.join(", ")));
+            let others: Vec<&str> = files
+                .iter()
+                .filter(|f| *f != file)
+                .map(String::as_str)
+                .collect();
+            let mut p = whole_file(
+                file,
+                &format!(
+                    "pipeline name `{name}` is also used by {}",
+                    others.join(", ")
+                ),
+            );
             p.path = "name".into();
             (p.line, p.column) = (1, 1);
             out.problems.push(p);
@@ -90,7 +107,13 @@ pub fn load_files(files: &[(String, Vec<u8>)], profile: Option<&Profile>) -> Loa
 }
 
 fn whole_file(file: &str, message: &str) -> Problem {
-    Problem { file: file.to_owned(), line: 0, column: 0, path: String::new(), message: message.to_owned() }
+    Problem {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        path: String::new(),
+        message: message.to_owned(),
+    }
 }
 
 /// Reads pipeline files from disk: a file, a `.ferry` directory, or a repository root (whose
@@ -99,11 +122,18 @@ pub fn read_dir(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     if path.is_file() {
         return Ok(vec![(path.display().to_string(), std::fs::read(path)?)]);
     }
-    let dir = if path.join(".ferry").is_dir() { path.join(".ferry") } else { path.to_path_buf() };
+    let dir = if path.join(".ferry").is_dir() {
+        path.join(".ferry")
+    } else {
+        path.to_path_buf()
+    };
     let mut files = Vec::new();
     collect(&dir, &mut files)?;
     files.sort();
-    files.into_iter().map(|f| Ok((f.display().to_string(), std::fs::read(&f)?))).collect()
+    files
+        .into_iter()
+        .map(|f| Ok((f.display().to_string(), std::fs::read(&f)?)))
+        .collect()
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -122,7 +152,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 /// True for `*.yaml` and `*.yml`.
 pub fn is_pipeline_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 /// The JSON Schema of pipeline files, for editors (yaml-language-server).
@@ -147,7 +180,10 @@ impl Pipeline {
     /// The parameters of a run: declared defaults with `overrides` applied.
     ///
     /// Every override must name a declared parameter; all undeclared ones are reported.
-    pub fn resolve_params(&self, overrides: &[(String, String)]) -> Result<BTreeMap<String, String>, Vec<UndeclaredParam>> {
+    pub fn resolve_params(
+        &self,
+        overrides: &[(String, String)],
+    ) -> Result<BTreeMap<String, String>, Vec<UndeclaredParam>> {
         let mut params = self.params.clone();
         let mut bad = Vec::new();
         for (name, value) in overrides {

@@ -226,7 +226,9 @@ pub enum StepKind {
 }
 
 /// Event kinds, for `if.events`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, JsonSchema, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, JsonSchema, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A branch push.

@@ -53,11 +53,20 @@ fn a_minimal_pipeline_is_valid() {
 
 #[test]
 fn unknown_key_says_did_you_mean_with_position() {
-    let text = OK.replace("    run: echo hi", "    run: echo hi\n    resorces: { gpu: 1 }");
+    let text = OK.replace(
+        "    run: echo hi",
+        "    run: echo hi\n    resorces: { gpu: 1 }",
+    );
     let p = one(&text);
-    assert!(p.starts_with("p.yaml:9:5: steps[0].resorces: unknown field `resorces`"), "{p}");
+    assert!(
+        p.starts_with("p.yaml:9:5: steps[0].resorces: unknown field `resorces`"),
+        "{p}"
+    );
     assert!(p.ends_with("did you mean `resources`?"), "{p}");
-    assert!(!p.contains(" at line "), "positions are printed once, in front: {p}");
+    assert!(
+        !p.contains(" at line "),
+        "positions are printed once, in front: {p}"
+    );
 }
 
 #[test]
@@ -75,14 +84,22 @@ fn bad_names() {
 
 #[test]
 fn version_must_be_one() {
-    assert_eq!(one(&OK.replace("version: 1", "version: 2")), "p.yaml:1:10: version: unsupported version 2; this ferry reads version 1");
+    assert_eq!(
+        one(&OK.replace("version: 1", "version: 2")),
+        "p.yaml:1:10: version: unsupported version 2; this ferry reads version 1"
+    );
 }
 
 #[test]
 fn duplicate_steps_and_bad_needs() {
     let text = format!("{OK}  - name: train\n    kind: task\n    run: x\n    needs: [train]\n");
-    assert_eq!(one(&text), "p.yaml:9:11: steps[1].name: step `train` is already defined at steps[0]");
-    let later = format!("{OK}  - name: eval\n    kind: task\n    run: x\n    needs: [trian, report]\n  - name: report\n    kind: task\n    run: x\n");
+    assert_eq!(
+        one(&text),
+        "p.yaml:9:11: steps[1].name: step `train` is already defined at steps[0]"
+    );
+    let later = format!(
+        "{OK}  - name: eval\n    kind: task\n    run: x\n    needs: [trian, report]\n  - name: report\n    kind: task\n    run: x\n"
+    );
     assert_eq!(
         problems(&later),
         vec![
@@ -91,13 +108,19 @@ fn duplicate_steps_and_bad_needs() {
         ]
     );
     let cycle = OK.replace("    run: echo hi", "    run: echo hi\n    needs: [train]");
-    assert_eq!(one(&cycle), "p.yaml:9:13: steps[0].needs[0]: step `train` cannot need itself (a cycle)");
+    assert_eq!(
+        one(&cycle),
+        "p.yaml:9:13: steps[0].needs[0]: step `train` cannot need itself (a cycle)"
+    );
 }
 
 #[test]
 fn evaluate_needs_metrics() {
     let text = OK.replace("kind: train", "kind: evaluate");
-    assert_eq!(one(&text), "p.yaml:6:5: steps[0]: an `evaluate` step must declare `metrics` (the JSON file it writes)");
+    assert_eq!(
+        one(&text),
+        "p.yaml:6:5: steps[0]: an `evaluate` step must declare `metrics` (the JSON file it writes)"
+    );
 }
 
 const GATED: &str = "version: 1
@@ -130,12 +153,18 @@ fn if_metrics_must_name_an_ancestor_metric() {
         "p.yaml:12:20: steps[3].if.metrics: expected a number after \">=\" (at character 17)"
     );
     let lone = "version: 1\nname: d\ndefaults: { image: i }\nsteps:\n  - { name: a, kind: task, run: x, if: { metrics: \"x > 1\" } }\n";
-    assert_eq!(one(lone), "p.yaml:5:51: steps[0].if.metrics: `x`: no step this one needs (directly or indirectly) declares `metrics`");
+    assert_eq!(
+        one(lone),
+        "p.yaml:5:51: steps[0].if.metrics: `x`: no step this one needs (directly or indirectly) declares `metrics`"
+    );
 }
 
 #[test]
 fn vgpu_fields_need_a_vgpu_type() {
-    let text = OK.replace("    run: echo hi", "    run: echo hi\n    resources: { gpu: 1, gpu_type: A100-80G, gpu_memory: 10Gi }");
+    let text = OK.replace(
+        "    run: echo hi",
+        "    run: echo hi\n    resources: { gpu: 1, gpu_type: A100-80G, gpu_memory: 10Gi }",
+    );
     assert_eq!(
         one(&text),
         "p.yaml:9:58: steps[0].resources.gpu_memory: GPU type `A100-80G` is not a vGPU type; `gpu_memory` needs one with `vgpu: hami` (`A100-shared`)"
@@ -158,7 +187,10 @@ fn profile_names_list_what_is_allowed() {
             "p.yaml:13:18: steps[0].environment: unknown environment `pytorch-2.5`; did you mean `pytorch-2.4`? (the profile allows: `pytorch-2.4`)",
         ]
     );
-    let preset = OK.replace("    run: echo hi", "    run: echo hi\n    volumes: [{ preset: dataset }]");
+    let preset = OK.replace(
+        "    run: echo hi",
+        "    run: echo hi\n    volumes: [{ preset: dataset }]",
+    );
     assert_eq!(
         one(&preset),
         "p.yaml:9:25: steps[0].volumes[0].preset: unknown volume preset `dataset`; did you mean `datasets`? (the profile allows: `datasets`)"
@@ -180,22 +212,41 @@ fn limits_are_enforced_never_clamped() {
 
 #[test]
 fn values_are_checked() {
-    let text = OK.replace("    run: echo hi", "    run: echo hi\n    resources: { memory: 12GB }\n    timeout: 12 hours");
+    let text = OK.replace(
+        "    run: echo hi",
+        "    run: echo hi\n    resources: { memory: 12GB }\n    timeout: 12 hours",
+    );
     let ps = problems(&text);
     assert_eq!(ps.len(), 2, "{ps:#?}");
-    assert!(ps[0].starts_with("p.yaml:9:26: steps[0].resources.memory: \"12GB\" is not a Kubernetes quantity"), "{}", ps[0]);
-    assert!(ps[1].starts_with("p.yaml:10:14: steps[0].timeout: \"12 hours\" is not a duration"), "{}", ps[1]);
+    assert!(
+        ps[0].starts_with(
+            "p.yaml:9:26: steps[0].resources.memory: \"12GB\" is not a Kubernetes quantity"
+        ),
+        "{}",
+        ps[0]
+    );
+    assert!(
+        ps[1].starts_with("p.yaml:10:14: steps[0].timeout: \"12 hours\" is not a duration"),
+        "{}",
+        ps[1]
+    );
 }
 
 #[test]
 fn no_image_anywhere_is_an_error() {
     let text = OK.replace("defaults:\n  image: img:1\n", "");
-    assert_eq!(one(&text), "p.yaml:4:5: steps[0]: no image: set `image` or `environment` on the step or in `defaults`");
+    assert_eq!(
+        one(&text),
+        "p.yaml:4:5: steps[0]: no image: set `image` or `environment` on the step or in `defaults`"
+    );
 }
 
 #[test]
 fn gpu_needs_a_type_and_reserved_names_are_refused() {
-    let text = OK.replace("    run: echo hi", "    run: echo hi\n    resources: { gpu: 2 }\n    env: { FERRY_SHA: x }");
+    let text = OK.replace(
+        "    run: echo hi",
+        "    run: echo hi\n    resources: { gpu: 2 }\n    env: { FERRY_SHA: x }",
+    );
     assert_eq!(
         problems(&text),
         vec![
@@ -211,12 +262,24 @@ fn params_names_and_manual_overrides() {
         one(&OK.replace("defaults:", "params: { Lr: 1 }\ndefaults:")),
         "p.yaml:3:11: params.Lr: `Lr` is not a valid parameter name: use `[a-z][a-z0-9_]*`"
     );
-    let p = load("p.yaml", &OK.replace("defaults:", "params: { lr: 0.001, epochs: 10 }\ndefaults:"), None).expect("valid");
+    let p = load(
+        "p.yaml",
+        &OK.replace("defaults:", "params: { lr: 0.001, epochs: 10 }\ndefaults:"),
+        None,
+    )
+    .expect("valid");
     assert_eq!(p.params.get("lr").map(String::as_str), Some("0.001"));
-    let over = p.resolve_params(&[("epochs".into(), "3".into())]).expect("declared");
+    let over = p
+        .resolve_params(&[("epochs".into(), "3".into())])
+        .expect("declared");
     assert_eq!(over.get("epochs").map(String::as_str), Some("3"));
-    let err = p.resolve_params(&[("batch".into(), "3".into())]).expect_err("undeclared");
-    assert_eq!(err[0].to_string(), "parameter `batch` is not declared by pipeline `demo` (declared: `epochs`, `lr`)");
+    let err = p
+        .resolve_params(&[("batch".into(), "3".into())])
+        .expect_err("undeclared");
+    assert_eq!(
+        err[0].to_string(),
+        "parameter `batch` is not declared by pipeline `demo` (declared: `epochs`, `lr`)"
+    );
 }
 
 #[test]
@@ -244,13 +307,19 @@ fn wrong_type_points_at_the_value() {
 
 #[test]
 fn duplicate_names_across_files_are_both_errors() {
-    let files = vec![("a.yaml".to_owned(), OK.as_bytes().to_vec()), ("b.yaml".to_owned(), OK.as_bytes().to_vec())];
+    let files = vec![
+        ("a.yaml".to_owned(), OK.as_bytes().to_vec()),
+        ("b.yaml".to_owned(), OK.as_bytes().to_vec()),
+    ];
     let loaded = load_files(&files, None);
     assert!(loaded.pipelines.is_empty());
     let ps: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
     assert_eq!(
         ps,
-        vec!["a.yaml:1:1: name: pipeline name `demo` is also used by b.yaml", "b.yaml:1:1: name: pipeline name `demo` is also used by a.yaml"]
+        vec![
+            "a.yaml:1:1: name: pipeline name `demo` is also used by b.yaml",
+            "b.yaml:1:1: name: pipeline name `demo` is also used by a.yaml"
+        ]
     );
 }
 
@@ -287,14 +356,26 @@ steps:
 fn deploy_defaults_to_no_merge_requests() {
     let text = OK.replace("kind: train", "kind: deploy");
     let p = load("p.yaml", &text, None).expect("valid");
-    assert_eq!(p.steps[0].gate.events, Some(vec![EventKind::Push, EventKind::Tag, EventKind::Manual]));
+    assert_eq!(
+        p.steps[0].gate.events,
+        Some(vec![EventKind::Push, EventKind::Tag, EventKind::Manual])
+    );
 }
 
 #[test]
 fn schema_has_every_top_level_field() {
     let schema = json_schema();
     let props = schema["properties"].as_object().expect("properties");
-    for key in ["version", "name", "on", "concurrency", "params", "defaults", "workspace", "steps"] {
+    for key in [
+        "version",
+        "name",
+        "on",
+        "concurrency",
+        "params",
+        "defaults",
+        "workspace",
+        "steps",
+    ] {
         assert!(props.contains_key(key), "{key}");
     }
     assert_eq!(schema["additionalProperties"], serde_json::json!(false));

@@ -27,28 +27,62 @@ struct Checker<'a> {
 }
 
 /// Validates `spec` (read from `file`) against `profile` (when given).
-pub fn validate(file: &str, spec: PipelineSpec, profile: Option<&Profile>) -> Result<Pipeline, Vec<RawProblem>> {
-    let mut c = Checker { profile, problems: Vec::new() };
+pub fn validate(
+    file: &str,
+    spec: PipelineSpec,
+    profile: Option<&Profile>,
+) -> Result<Pipeline, Vec<RawProblem>> {
+    let mut c = Checker {
+        profile,
+        problems: Vec::new(),
+    };
     if spec.version != 1 {
-        c.push("version", format!("unsupported version {}; this ferry reads version 1", spec.version));
+        c.push(
+            "version",
+            format!(
+                "unsupported version {}; this ferry reads version 1",
+                spec.version
+            ),
+        );
     }
     c.name("name", &spec.name, 40);
     let params = c.params(&spec.params);
     let triggers = c.triggers(spec.on.as_ref());
     let concurrency = Concurrency {
-        group: spec.concurrency.as_ref().and_then(|c| c.group).unwrap_or(ConcurrencyGroup::MergeRequest),
-        cancel_in_progress: spec.concurrency.as_ref().and_then(|c| c.cancel_in_progress).unwrap_or(false),
+        group: spec
+            .concurrency
+            .as_ref()
+            .and_then(|c| c.group)
+            .unwrap_or(ConcurrencyGroup::MergeRequest),
+        cancel_in_progress: spec
+            .concurrency
+            .as_ref()
+            .and_then(|c| c.cancel_in_progress)
+            .unwrap_or(false),
     };
     let workspace = spec.workspace.as_ref().and_then(|w| {
         let size = c.quantity("workspace.size", &w.size)?;
-        Some(Workspace { size, storage_class: w.storage_class.clone(), access_mode: w.access_mode.unwrap_or(AccessMode::ReadWriteOnce) })
+        Some(Workspace {
+            size,
+            storage_class: w.storage_class.clone(),
+            access_mode: w.access_mode.unwrap_or(AccessMode::ReadWriteOnce),
+        })
     });
     let defaults = spec.defaults.clone().unwrap_or_default();
     c.defaults(&defaults);
     let steps = c.steps(&spec.steps, &defaults);
     if c.problems.is_empty() {
         let name = spec.name;
-        Ok(Pipeline { name, file: file.to_owned(), fingerprint: 0, triggers, concurrency, params, workspace, steps })
+        Ok(Pipeline {
+            name,
+            file: file.to_owned(),
+            fingerprint: 0,
+            triggers,
+            concurrency,
+            params,
+            workspace,
+            steps,
+        })
     } else {
         Err(c.problems)
     }
@@ -72,7 +106,9 @@ fn is_param_name(s: &str) -> bool {
 
 fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -86,20 +122,34 @@ impl Checker<'_> {
 
     fn name(&mut self, path: &str, name: &str, max: usize) {
         if !is_dns_label(name) {
-            let msg = format!("`{name}` is not a valid name: use lower-case letters, digits and `-`, starting and ending with a letter or digit");
+            let msg = format!(
+                "`{name}` is not a valid name: use lower-case letters, digits and `-`, starting and ending with a letter or digit"
+            );
             self.push(path, msg);
         } else if name.len() > max {
-            self.push(path, format!("`{name}` is {} characters long; the limit is {max}", name.len()));
+            self.push(
+                path,
+                format!(
+                    "`{name}` is {} characters long; the limit is {max}",
+                    name.len()
+                ),
+            );
         }
     }
 
     fn params(&mut self, params: &BTreeMap<String, ScalarText>) -> BTreeMap<String, String> {
         for name in params.keys() {
             if !is_param_name(name) {
-                self.push(format!("params.{name}@key"), format!("`{name}` is not a valid parameter name: use `[a-z][a-z0-9_]*`"));
+                self.push(
+                    format!("params.{name}@key"),
+                    format!("`{name}` is not a valid parameter name: use `[a-z][a-z0-9_]*`"),
+                );
             }
         }
-        params.iter().map(|(k, v)| (k.clone(), v.to_text())).collect()
+        params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_text()))
+            .collect()
     }
 
     fn globs(&mut self, path: &str, globs: Option<&Vec<String>>) -> Option<Vec<Glob>> {
@@ -114,15 +164,24 @@ impl Checker<'_> {
         Some(out)
     }
 
-    fn path_filter(&mut self, path: &str, paths: Option<&Vec<String>>, ignore: Option<&Vec<String>>) -> PathFilter {
+    fn path_filter(
+        &mut self,
+        path: &str,
+        paths: Option<&Vec<String>>,
+        ignore: Option<&Vec<String>>,
+    ) -> PathFilter {
         PathFilter {
             include: self.globs(&format!("{path}.paths"), paths),
-            exclude: self.globs(&format!("{path}.paths_ignore"), ignore).unwrap_or_default(),
+            exclude: self
+                .globs(&format!("{path}.paths_ignore"), ignore)
+                .unwrap_or_default(),
         }
     }
 
     fn triggers(&mut self, on: Option<&OnSpec>) -> Triggers {
-        let Some(on) = on else { return Triggers::default() };
+        let Some(on) = on else {
+            return Triggers::default();
+        };
         let push = on.push.as_ref().map(|p| {
             let tags = self.globs("on.push.tags", p.tags.as_ref());
             let branches = match (&p.branches, &p.tags) {
@@ -131,14 +190,28 @@ impl Checker<'_> {
                 (Some(_), _) => self.globs("on.push.branches", p.branches.as_ref()),
             };
             let paths = self.path_filter("on.push", p.paths.as_ref(), p.paths_ignore.as_ref());
-            PushRule { branches, tags, paths }
+            PushRule {
+                branches,
+                tags,
+                paths,
+            }
         });
         let merge_request = on.merge_request.as_ref().map(|m| MergeRequestRule {
-            target_branches: self.globs("on.merge_request.target_branches", m.target_branches.as_ref()),
-            paths: self.path_filter("on.merge_request", m.paths.as_ref(), m.paths_ignore.as_ref()),
+            target_branches: self.globs(
+                "on.merge_request.target_branches",
+                m.target_branches.as_ref(),
+            ),
+            paths: self.path_filter(
+                "on.merge_request",
+                m.paths.as_ref(),
+                m.paths_ignore.as_ref(),
+            ),
             drafts: m.drafts.unwrap_or(false),
         });
-        Triggers { push, merge_request }
+        Triggers {
+            push,
+            merge_request,
+        }
     }
 
     fn quantity(&mut self, path: &str, text: &str) -> Option<Quantity> {
@@ -152,7 +225,13 @@ impl Checker<'_> {
     }
 
     /// Checks a name against a profile table; skipped without a profile.
-    fn lookup(&mut self, path: &str, what: &str, name: &str, allowed: impl Fn(&Profile) -> Vec<&str>) {
+    fn lookup(
+        &mut self,
+        path: &str,
+        what: &str,
+        name: &str,
+        allowed: impl Fn(&Profile) -> Vec<&str>,
+    ) {
         let Some(profile) = self.profile else { return };
         let names = allowed(profile);
         if names.contains(&name) {
@@ -168,23 +247,45 @@ impl Checker<'_> {
 
     /// Checks the fields `defaults` and steps share, at `prefix`.
     fn shared_fields(&mut self, prefix: &str, d: &StepDefaults) {
-        let at = |field: &str| if prefix.is_empty() { field.to_owned() } else { format!("{prefix}.{field}") };
+        let at = |field: &str| {
+            if prefix.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{prefix}.{field}")
+            }
+        };
         if d.image.is_some() && d.environment.is_some() {
-            self.push(at("environment"), "`image` and `environment` are alternatives; give one");
+            self.push(
+                at("environment"),
+                "`image` and `environment` are alternatives; give one",
+            );
         }
         if let Some(e) = &d.environment {
-            self.lookup(&at("environment"), "environment", e, |p| p.environments.keys().map(String::as_str).collect());
+            self.lookup(&at("environment"), "environment", e, |p| {
+                p.environments.keys().map(String::as_str).collect()
+            });
         }
         if let Some(q) = &d.queue {
-            self.lookup(&at("queue"), "queue", q, |p| p.queues.iter().map(String::as_str).collect());
+            self.lookup(&at("queue"), "queue", q, |p| {
+                p.queues.iter().map(String::as_str).collect()
+            });
         }
         if let Some(q) = &d.priority {
-            self.lookup(&at("priority"), "priority", q, |p| p.priorities.keys().map(String::as_str).collect());
+            self.lookup(&at("priority"), "priority", q, |p| {
+                p.priorities.keys().map(String::as_str).collect()
+            });
         }
         if let Some(g) = &d.node_group {
-            self.lookup(&at("node_group"), "node group", g, |p| p.node_groups.keys().map(String::as_str).collect());
+            self.lookup(&at("node_group"), "node group", g, |p| {
+                p.node_groups.keys().map(String::as_str).collect()
+            });
         }
-        for name in d.env.iter().flat_map(|e| e.keys()).chain(d.secret_env.iter().flat_map(|e| e.keys())) {
+        for name in d
+            .env
+            .iter()
+            .flat_map(|e| e.keys())
+            .chain(d.secret_env.iter().flat_map(|e| e.keys()))
+        {
             self.env_name(&at("env"), name);
         }
         for (name, value) in d.secret_env.iter().flatten() {
@@ -198,7 +299,10 @@ impl Checker<'_> {
             if let Some(m) = self.mount_of(v)
                 && !mounts.insert(m.clone())
             {
-                self.push(format!("{}[{i}].mount", at("volumes")), format!("mount path `{m}` is used twice"));
+                self.push(
+                    format!("{}[{i}].mount", at("volumes")),
+                    format!("mount path `{m}` is used twice"),
+                );
             }
         }
     }
@@ -209,15 +313,24 @@ impl Checker<'_> {
 
     fn env_name(&mut self, path: &str, name: &str) {
         if !is_env_name(name) {
-            self.push(format!("{path}.{name}@key"), format!("`{name}` is not a valid environment variable name"));
+            self.push(
+                format!("{path}.{name}@key"),
+                format!("`{name}` is not a valid environment variable name"),
+            );
         } else if name.starts_with("FERRY_") {
-            self.push(format!("{path}.{name}@key"), format!("`{name}`: names starting with FERRY_ are set by ferry"));
+            self.push(
+                format!("{path}.{name}@key"),
+                format!("`{name}`: names starting with FERRY_ are set by ferry"),
+            );
         }
     }
 
     fn secret_ref(&mut self, path: &str, value: &str) {
         let parsed = value.split_once('/').filter(|(n, k)| {
-            is_dns_subdomain(n) && !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            is_dns_subdomain(n)
+                && !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
         });
         if parsed.is_none() {
             self.push(path, format!("`{value}` is not `secret-name/key`"));
@@ -236,12 +349,15 @@ impl Checker<'_> {
         match (&v.preset, &v.claim) {
             (Some(_), Some(_)) => self.push(path, "give either `preset` or `claim`, not both"),
             (None, None) => self.push(path, "a volume needs `preset` or `claim`"),
-            (Some(p), None) => {
-                self.lookup(&format!("{path}.preset"), "volume preset", p, |pr| pr.volumes.keys().map(String::as_str).collect())
-            }
+            (Some(p), None) => self.lookup(&format!("{path}.preset"), "volume preset", p, |pr| {
+                pr.volumes.keys().map(String::as_str).collect()
+            }),
             (None, Some(c)) => {
                 if !is_dns_subdomain(c) {
-                    self.push(format!("{path}.claim"), format!("`{c}` is not a valid claim name"));
+                    self.push(
+                        format!("{path}.claim"),
+                        format!("`{c}` is not a valid claim name"),
+                    );
                 }
                 if v.mount.is_none() {
                     self.push(path, "a `claim` volume needs `mount`");
@@ -249,10 +365,23 @@ impl Checker<'_> {
             }
         }
         if let Some(m) = &v.mount {
-            if !m.starts_with('/') || m.contains("..") || m.chars().any(|c| c == ':' || c == '{' || c == '}' || c.is_control()) {
-                self.push(format!("{path}.mount"), format!("`{m}` is not an absolute path"));
-            } else if RESERVED_MOUNTS.iter().any(|r| m == r || m.starts_with(&format!("{r}/"))) {
-                self.push(format!("{path}.mount"), format!("`{m}` is used by ferry ({})", RESERVED_MOUNTS.join(", ")));
+            if !m.starts_with('/')
+                || m.contains("..")
+                || m.chars()
+                    .any(|c| c == ':' || c == '{' || c == '}' || c.is_control())
+            {
+                self.push(
+                    format!("{path}.mount"),
+                    format!("`{m}` is not an absolute path"),
+                );
+            } else if RESERVED_MOUNTS
+                .iter()
+                .any(|r| m == r || m.starts_with(&format!("{r}/")))
+            {
+                self.push(
+                    format!("{path}.mount"),
+                    format!("`{m}` is used by ferry ({})", RESERVED_MOUNTS.join(", ")),
+                );
             }
         }
     }

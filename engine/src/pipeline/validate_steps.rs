@@ -10,7 +10,10 @@ impl Checker<'_> {
             self.push("steps", "a pipeline needs at least one step");
         }
         if specs.len() > MAX_STEPS {
-            self.push("steps", format!("{} steps; the limit is {MAX_STEPS}", specs.len()));
+            self.push(
+                "steps",
+                format!("{} steps; the limit is {MAX_STEPS}", specs.len()),
+            );
         }
         let mut index: BTreeMap<&str, usize> = BTreeMap::new();
         let mut steps = Vec::with_capacity(specs.len());
@@ -18,7 +21,10 @@ impl Checker<'_> {
             let at = format!("steps[{i}]");
             self.name(&format!("{at}.name"), &spec.name, 63);
             if let Some(first) = index.get(spec.name.as_str()) {
-                self.push(format!("{at}.name"), format!("step `{}` is already defined at steps[{first}]", spec.name));
+                self.push(
+                    format!("{at}.name"),
+                    format!("step `{}` is already defined at steps[{first}]", spec.name),
+                );
             }
             let needs = self.needs(&at, spec, &index);
             index.entry(&spec.name).or_insert(i);
@@ -35,7 +41,9 @@ impl Checker<'_> {
             match earlier.get(need.as_str()) {
                 Some(k) if out.contains(k) => self.push(path, format!("`{need}` is listed twice")),
                 Some(k) => out.push(*k),
-                None if *need == spec.name => self.push(path, format!("step `{need}` cannot need itself (a cycle)")),
+                None if *need == spec.name => {
+                    self.push(path, format!("step `{need}` cannot need itself (a cycle)"))
+                }
                 None => {
                     let names: Vec<&str> = earlier.keys().copied().collect();
                     let mut msg = format!("`{need}` is not an earlier step");
@@ -66,7 +74,10 @@ impl Checker<'_> {
             self.push(format!("{at}.run"), "`run` is empty");
         }
         if s.kind == StepKind::Evaluate && s.metrics.is_none() {
-            self.push(at.to_owned(), "an `evaluate` step must declare `metrics` (the JSON file it writes)");
+            self.push(
+                at.to_owned(),
+                "an `evaluate` step must declare `metrics` (the JSON file it writes)",
+            );
         }
         if let Some(m) = &s.metrics {
             self.metrics_path(&format!("{at}.metrics"), m);
@@ -74,11 +85,20 @@ impl Checker<'_> {
         let image = self.image(at, s, d);
         let resources = self.resources(&format!("{at}.resources"), s.resources.as_ref());
         let nodes = self.nodes(at, s.nodes);
-        let timeout_secs = s.timeout.as_ref().and_then(|t| self.timeout(&format!("{at}.timeout"), t));
+        let timeout_secs = s
+            .timeout
+            .as_ref()
+            .and_then(|t| self.timeout(&format!("{at}.timeout"), t));
         let profile_defaults = self.profile.map(|p| p.defaults.clone()).unwrap_or_default();
-        let node_group = s.node_group.clone().or_else(|| d.node_group.clone()).or_else(|| {
-            (s.kind == StepKind::Train).then(|| profile_defaults.train_node_group.clone()).flatten()
-        });
+        let node_group = s
+            .node_group
+            .clone()
+            .or_else(|| d.node_group.clone())
+            .or_else(|| {
+                (s.kind == StepKind::Train)
+                    .then(|| profile_defaults.train_node_group.clone())
+                    .flatten()
+            });
         Step {
             name: s.name.clone(),
             kind: s.kind,
@@ -88,8 +108,16 @@ impl Checker<'_> {
             env: merge_env(d.env.as_ref(), s.env.as_ref()),
             secret_env: merge_secrets(d.secret_env.as_ref(), s.secret_env.as_ref()),
             volumes: merge_volumes(d.volumes.as_deref(), s.volumes.as_deref(), self.profile),
-            queue: s.queue.clone().or_else(|| d.queue.clone()).or(profile_defaults.queue),
-            priority: s.priority.clone().or_else(|| d.priority.clone()).or(profile_defaults.priority),
+            queue: s
+                .queue
+                .clone()
+                .or_else(|| d.queue.clone())
+                .or(profile_defaults.queue),
+            priority: s
+                .priority
+                .clone()
+                .or_else(|| d.priority.clone())
+                .or(profile_defaults.priority),
             node_group,
             retries: s.retries.unwrap_or(u32::from(resources.gpu > 0)),
             resources,
@@ -101,23 +129,46 @@ impl Checker<'_> {
     }
 
     fn metrics_path(&mut self, path: &str, m: &str) {
-        let bad = m.is_empty() || m.split('/').any(|seg| seg == "..") || (m.starts_with('/') && !m.starts_with("/workspace/"));
+        let bad = m.is_empty()
+            || m.split('/').any(|seg| seg == "..")
+            || (m.starts_with('/') && !m.starts_with("/workspace/"));
         if bad {
-            self.push(path, format!("`{m}`: use a path relative to the checkout, or one under /workspace/"));
+            self.push(
+                path,
+                format!("`{m}`: use a path relative to the checkout, or one under /workspace/"),
+            );
         }
     }
 
     fn image(&mut self, at: &str, s: &StepSpec, d: &StepDefaults) -> ImageRef {
-        let own = s.image.clone().map(ImageRef::Image).or_else(|| s.environment.clone().map(ImageRef::Environment));
-        let inherited = d.image.clone().map(ImageRef::Image).or_else(|| d.environment.clone().map(ImageRef::Environment));
+        let own = s
+            .image
+            .clone()
+            .map(ImageRef::Image)
+            .or_else(|| s.environment.clone().map(ImageRef::Environment));
+        let inherited = d
+            .image
+            .clone()
+            .map(ImageRef::Image)
+            .or_else(|| d.environment.clone().map(ImageRef::Environment));
         match own.or(inherited) {
-            Some(ImageRef::Image(i)) if i.trim().is_empty() || i.chars().any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}') => {
-                self.push(format!("{at}.image"), format!("`{i}` is not an image reference"));
+            Some(ImageRef::Image(i))
+                if i.trim().is_empty()
+                    || i.chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}') =>
+            {
+                self.push(
+                    format!("{at}.image"),
+                    format!("`{i}` is not an image reference"),
+                );
                 ImageRef::Image(i)
             }
             Some(image) => image,
             None => {
-                self.push(at.to_owned(), "no image: set `image` or `environment` on the step or in `defaults`");
+                self.push(
+                    at.to_owned(),
+                    "no image: set `image` or `environment` on the step or in `defaults`",
+                );
                 ImageRef::Image(String::new())
             }
         }
@@ -131,7 +182,10 @@ impl Checker<'_> {
         if let Some(max) = self.profile.and_then(|p| p.limits.max_nodes)
             && n > max
         {
-            self.push(format!("{at}.nodes"), format!("{n} nodes is over the profile's limit of {max} (limits.max_nodes)"));
+            self.push(
+                format!("{at}.nodes"),
+                format!("{n} nodes is over the profile's limit of {max} (limits.max_nodes)"),
+            );
         }
         n
     }
@@ -144,19 +198,28 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let limit = self.profile.and_then(|p| Some((p.limits.max_timeout.clone()?, p.max_timeout_secs()?)));
+        let limit = self
+            .profile
+            .and_then(|p| Some((p.limits.max_timeout.clone()?, p.max_timeout_secs()?)));
         if let Some((text_max, max)) = limit
             && secs > max
         {
-            self.push(path, format!("`{text}` is over the profile's limit of {text_max} (limits.max_timeout)"));
+            self.push(
+                path,
+                format!("`{text}` is over the profile's limit of {text_max} (limits.max_timeout)"),
+            );
         }
         Some(secs)
     }
 
     fn resources(&mut self, at: &str, r: Option<&ResourcesSpec>) -> Resources {
-        let Some(r) = r else { return Resources::default() };
+        let Some(r) = r else {
+            return Resources::default();
+        };
         let gpu = r.gpu.unwrap_or(u32::from(r.gpu_type.is_some()));
-        let q = |c: &mut Self, field: &str, v: Option<&String>| v.and_then(|v| c.quantity(&format!("{at}.{field}"), v));
+        let q = |c: &mut Self, field: &str, v: Option<&String>| {
+            v.and_then(|v| c.quantity(&format!("{at}.{field}"), v))
+        };
         let cpu_text = r.cpu.as_ref().map(ScalarText::to_text);
         let out = Resources {
             gpu,
@@ -174,7 +237,10 @@ impl Checker<'_> {
 
     fn gpu_rules(&mut self, at: &str, r: &ResourcesSpec, gpu: u32) {
         if gpu > 0 && r.gpu_type.is_none() {
-            self.push(format!("{at}.gpu"), "`gpu` needs `gpu_type` (a GPU type from the profile)");
+            self.push(
+                format!("{at}.gpu"),
+                "`gpu` needs `gpu_type` (a GPU type from the profile)",
+            );
         }
         if let Some(max) = self.profile.and_then(|p| p.limits.max_gpus_per_step)
             && gpu > max
@@ -184,31 +250,61 @@ impl Checker<'_> {
         if let Some(c) = r.gpu_cores
             && !(1..=100).contains(&c)
         {
-            self.push(format!("{at}.gpu_cores"), format!("{c} is not a percentage between 1 and 100"));
+            self.push(
+                format!("{at}.gpu_cores"),
+                format!("{c} is not a percentage between 1 and 100"),
+            );
         }
         let vgpu_fields = r.gpu_memory.is_some() || r.gpu_cores.is_some();
         let Some(t) = &r.gpu_type else {
             if vgpu_fields {
-                self.push(at.to_owned(), "`gpu_memory` / `gpu_cores` need a `gpu_type` with `vgpu: hami`");
+                self.push(
+                    at.to_owned(),
+                    "`gpu_memory` / `gpu_cores` need a `gpu_type` with `vgpu: hami`",
+                );
             }
             return;
         };
-        self.lookup(&format!("{at}.gpu_type"), "GPU type", t, |p| p.gpu_types.keys().map(String::as_str).collect());
-        let Some(ty) = self.profile.and_then(|p| p.gpu_types.get(t)) else { return };
+        self.lookup(&format!("{at}.gpu_type"), "GPU type", t, |p| {
+            p.gpu_types.keys().map(String::as_str).collect()
+        });
+        let Some(ty) = self.profile.and_then(|p| p.gpu_types.get(t)) else {
+            return;
+        };
         if vgpu_fields && ty.vgpu.is_none() {
-            let field = if r.gpu_memory.is_some() { "gpu_memory" } else { "gpu_cores" };
-            let vgpu: Vec<&str> = self.profile.iter().flat_map(|p| p.gpu_types.iter()).filter(|(_, t)| t.vgpu.is_some()).map(|(n, _)| n.as_str()).collect();
-            self.push(format!("{at}.{field}"), format!("GPU type `{t}` is not a vGPU type; `{field}` needs one with `vgpu: hami` ({})", allowed_list(vgpu)));
+            let field = if r.gpu_memory.is_some() {
+                "gpu_memory"
+            } else {
+                "gpu_cores"
+            };
+            let vgpu: Vec<&str> = self
+                .profile
+                .iter()
+                .flat_map(|p| p.gpu_types.iter())
+                .filter(|(_, t)| t.vgpu.is_some())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            self.push(
+                format!("{at}.{field}"),
+                format!(
+                    "GPU type `{t}` is not a vGPU type; `{field}` needs one with `vgpu: hami` ({})",
+                    allowed_list(vgpu)
+                ),
+            );
         }
     }
 
     fn gate(&mut self, at: &str, s: &StepSpec) -> Gate {
         let spec = s.when.clone().unwrap_or_default();
-        let default_events = (s.kind == StepKind::Deploy).then(|| vec![EventKind::Push, EventKind::Tag, EventKind::Manual]);
+        let default_events = (s.kind == StepKind::Deploy)
+            .then(|| vec![EventKind::Push, EventKind::Tag, EventKind::Manual]);
         if let Some(events) = &spec.events
             && events.is_empty()
         {
-            self.push(format!("{at}.events"), "an empty `events` list means the step never runs");
+            self.push(
+                format!("{at}.events"),
+                "an empty `events` list means the step never runs",
+            );
         }
         Gate {
             branches: self.globs(&format!("{at}.branches"), spec.branches.as_ref()),
@@ -221,12 +317,17 @@ impl Checker<'_> {
     /// Parses every `if.metrics` and resolves its metrics to ancestor steps.
     fn metric_gates(&mut self, specs: &[StepSpec], steps: &mut [Step]) {
         for (i, spec) in specs.iter().enumerate() {
-            let Some(text) = spec.when.as_ref().and_then(|w| w.metrics.clone()) else { continue };
+            let Some(text) = spec.when.as_ref().and_then(|w| w.metrics.clone()) else {
+                continue;
+            };
             let path = format!("steps[{i}].if.metrics");
             let expr = match expr::parse(&text) {
                 Ok(e) => e,
                 Err(e) => {
-                    self.push(path, format!("{} (at character {})", e.message, e.offset + 1));
+                    self.push(
+                        path,
+                        format!("{} (at character {})", e.message, e.offset + 1),
+                    );
                     continue;
                 }
             };
@@ -235,7 +336,13 @@ impl Checker<'_> {
                 .map(|a| (a, steps[a].name.as_str(), steps[a].metrics.is_some()))
                 .collect();
             match metric_sources(&expr, &ancestors) {
-                Ok(sources) => steps[i].gate.metrics = Some(MetricsGate { text, expr, sources }),
+                Ok(sources) => {
+                    steps[i].gate.metrics = Some(MetricsGate {
+                        text,
+                        expr,
+                        sources,
+                    })
+                }
                 Err(e) => self.push(path, e),
             }
         }
@@ -253,24 +360,44 @@ fn ancestors_of(steps: &[Step], index: usize) -> Vec<usize> {
     (0..steps.len()).filter(|i| seen[*i]).collect()
 }
 
-fn merge_env(d: Option<&BTreeMap<String, ScalarText>>, s: Option<&BTreeMap<String, ScalarText>>) -> BTreeMap<String, String> {
-    d.into_iter().chain(s).flatten().map(|(k, v)| (k.clone(), v.to_text())).collect()
+fn merge_env(
+    d: Option<&BTreeMap<String, ScalarText>>,
+    s: Option<&BTreeMap<String, ScalarText>>,
+) -> BTreeMap<String, String> {
+    d.into_iter()
+        .chain(s)
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.to_text()))
+        .collect()
 }
 
-fn merge_secrets(d: Option<&BTreeMap<String, String>>, s: Option<&BTreeMap<String, String>>) -> BTreeMap<String, SecretRef> {
+fn merge_secrets(
+    d: Option<&BTreeMap<String, String>>,
+    s: Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, SecretRef> {
     d.into_iter()
         .chain(s)
         .flatten()
         .filter_map(|(k, v)| {
             let (name, key) = v.split_once('/')?;
-            Some((k.clone(), SecretRef { name: name.to_owned(), key: key.to_owned() }))
+            Some((
+                k.clone(),
+                SecretRef {
+                    name: name.to_owned(),
+                    key: key.to_owned(),
+                },
+            ))
         })
         .collect()
 }
 
 fn volume_ref(v: &VolumeSpec) -> Option<VolumeRef> {
     match (&v.preset, &v.claim) {
-        (Some(name), None) => Some(VolumeRef::Preset { name: name.clone(), mount: v.mount.clone(), read_only: v.read_only }),
+        (Some(name), None) => Some(VolumeRef::Preset {
+            name: name.clone(),
+            mount: v.mount.clone(),
+            read_only: v.read_only,
+        }),
         (None, Some(claim)) => Some(VolumeRef::Claim {
             claim: claim.clone(),
             mount: v.mount.clone()?,
@@ -281,12 +408,18 @@ fn volume_ref(v: &VolumeSpec) -> Option<VolumeRef> {
 }
 
 /// Concatenates volumes; a step volume replaces a default one with the same mount path.
-fn merge_volumes(d: Option<&[VolumeSpec]>, s: Option<&[VolumeSpec]>, profile: Option<&Profile>) -> Vec<VolumeRef> {
+fn merge_volumes(
+    d: Option<&[VolumeSpec]>,
+    s: Option<&[VolumeSpec]>,
+    profile: Option<&Profile>,
+) -> Vec<VolumeRef> {
     let mount = |v: &VolumeRef| -> Option<String> {
         match v {
             VolumeRef::Claim { mount, .. } => Some(mount.clone()),
             VolumeRef::Preset { mount: Some(m), .. } => Some(m.clone()),
-            VolumeRef::Preset { name, mount: None, .. } => profile?.volumes.get(name).map(|p| p.mount.clone()),
+            VolumeRef::Preset {
+                name, mount: None, ..
+            } => profile?.volumes.get(name).map(|p| p.mount.clone()),
         }
     };
     let own: Vec<VolumeRef> = s.into_iter().flatten().filter_map(volume_ref).collect();

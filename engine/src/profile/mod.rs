@@ -16,7 +16,7 @@ use crate::yaml::{self, SourceMap};
 pub const DEFAULT_GIT_IMAGE: &str = "alpine/git:2.47.2";
 
 /// A validated cluster profile.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// GPU types by name.
@@ -67,7 +67,7 @@ pub struct Profile {
 }
 
 /// One GPU type.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuType {
     /// Extended resource name, such as `nvidia.com/gpu`.
@@ -84,7 +84,7 @@ pub struct GpuType {
 }
 
 /// vGPU flavours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Vgpu {
     /// HAMi: `nvidia.com/gpumem` (MiB) and `nvidia.com/gpucores` (percent).
@@ -92,7 +92,7 @@ pub enum Vgpu {
 }
 
 /// A Kubernetes toleration, as Kubernetes spells it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Toleration {
     /// Taint key.
@@ -113,7 +113,7 @@ pub struct Toleration {
 }
 
 /// Toleration operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum TolerationOperator {
     /// Any value.
     Exists,
@@ -122,7 +122,7 @@ pub enum TolerationOperator {
 }
 
 /// Taint effects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum TaintEffect {
     /// Do not schedule.
     NoSchedule,
@@ -133,7 +133,7 @@ pub enum TaintEffect {
 }
 
 /// A node group.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeGroup {
     /// Node labels.
@@ -145,7 +145,7 @@ pub struct NodeGroup {
 }
 
 /// A volume preset.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumePreset {
     /// PersistentVolumeClaim name.
@@ -158,7 +158,7 @@ pub struct VolumePreset {
 }
 
 /// Limits.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Most GPUs one step may ask for per node.
@@ -173,7 +173,7 @@ pub struct Limits {
 }
 
 /// Distributed training back-ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Distributed {
     /// Kubeflow training-operator `PyTorchJob`.
@@ -184,7 +184,7 @@ pub enum Distributed {
 }
 
 /// Profile-wide defaults.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileDefaults {
     /// Default queue.
@@ -211,7 +211,13 @@ impl Profile {
             .into_iter()
             .map(|(path, message)| {
                 let (line, column) = map.locate(&path);
-                Problem { file: file.to_owned(), line, column, path, message }
+                Problem {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    path,
+                    message,
+                }
             })
             .collect();
         Err(Problems(problems))
@@ -219,7 +225,10 @@ impl Profile {
 
     /// The longest step timeout in seconds, when limited.
     pub fn max_timeout_secs(&self) -> Option<u64> {
-        self.limits.max_timeout.as_deref().and_then(|t| parse_duration(t).ok())
+        self.limits
+            .max_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
     }
 
     /// Checks references inside the profile; returns (field path, message) pairs.
@@ -234,12 +243,18 @@ impl Profile {
         if let Some(q) = &defaults.queue
             && !self.queues.contains(q)
         {
-            out.push(("defaults.queue".into(), format!("queue `{q}` is not in `queues`")));
+            out.push((
+                "defaults.queue".into(),
+                format!("queue `{q}` is not in `queues`"),
+            ));
         }
         if let Some(p) = &defaults.priority
             && !self.priorities.contains_key(p)
         {
-            out.push(("defaults.priority".into(), format!("priority `{p}` is not in `priorities`")));
+            out.push((
+                "defaults.priority".into(),
+                format!("priority `{p}` is not in `priorities`"),
+            ));
         }
         if let Some(g) = &defaults.train_node_group
             && !self.node_groups.contains_key(g)
@@ -249,7 +264,10 @@ impl Profile {
         }
         for (name, gpu) in &self.gpu_types {
             if gpu.resource.is_empty() || !gpu.resource.contains('/') {
-                let msg = format!("`{}` is not an extended resource name like nvidia.com/gpu", gpu.resource);
+                let msg = format!(
+                    "`{}` is not an extended resource name like nvidia.com/gpu",
+                    gpu.resource
+                );
                 out.push((format!("gpu_types.{name}.resource"), msg));
             }
         }

@@ -15,30 +15,48 @@ pub fn check_workflow(wf: &Value) -> Result<(), String> {
     if wf["apiVersion"] != "argoproj.io/v1alpha1" || wf["kind"] != "Workflow" {
         return Err("not an argoproj.io/v1alpha1 Workflow".into());
     }
-    let name = wf["metadata"]["name"].as_str().ok_or("metadata.name is missing")?;
+    let name = wf["metadata"]["name"]
+        .as_str()
+        .ok_or("metadata.name is missing")?;
     if !is_dns_subdomain(name) || name.len() > 63 {
-        return Err(format!("metadata.name `{name}` is not a valid workflow name"));
+        return Err(format!(
+            "metadata.name `{name}` is not a valid workflow name"
+        ));
     }
     check_labels(&wf["metadata"]["labels"], "metadata.labels")?;
-    check_labels(&wf["spec"]["podMetadata"]["labels"], "spec.podMetadata.labels")?;
-    let templates = wf["spec"]["templates"].as_array().ok_or("spec.templates is missing")?;
+    check_labels(
+        &wf["spec"]["podMetadata"]["labels"],
+        "spec.podMetadata.labels",
+    )?;
+    let templates = wf["spec"]["templates"]
+        .as_array()
+        .ok_or("spec.templates is missing")?;
     let mut names = BTreeSet::new();
     for (i, t) in templates.iter().enumerate() {
-        let n = t["name"].as_str().ok_or_else(|| format!("spec.templates[{i}].name is missing"))?;
+        let n = t["name"]
+            .as_str()
+            .ok_or_else(|| format!("spec.templates[{i}].name is missing"))?;
         if !is_dns_label(n) {
             return Err(format!("template name `{n}` is not valid"));
         }
         if !names.insert(n) {
             return Err(format!("template `{n}` is defined twice"));
         }
-        check_labels(&t["metadata"]["labels"], &format!("spec.templates[{i}].metadata.labels"))?;
+        check_labels(
+            &t["metadata"]["labels"],
+            &format!("spec.templates[{i}].metadata.labels"),
+        )?;
     }
-    let entry = wf["spec"]["entrypoint"].as_str().ok_or("spec.entrypoint is missing")?;
+    let entry = wf["spec"]["entrypoint"]
+        .as_str()
+        .ok_or("spec.entrypoint is missing")?;
     let dag = templates
         .iter()
         .find(|t| t["name"] == entry)
         .ok_or_else(|| format!("entrypoint `{entry}` is not a template"))?;
-    let tasks = dag["dag"]["tasks"].as_array().ok_or("the entrypoint is not a DAG")?;
+    let tasks = dag["dag"]["tasks"]
+        .as_array()
+        .ok_or("the entrypoint is not a DAG")?;
     check_dag(tasks, &names)
 }
 
@@ -63,7 +81,9 @@ fn check_dag(tasks: &[Value], templates: &BTreeSet<&str>) -> Result<(), String> 
             return Err(format!("task `{task}` depends on unknown task `{d}`"));
         }
     }
-    find_cycle(&edges).map_or(Ok(()), |t| Err(format!("the DAG has a cycle through `{t}`")))
+    find_cycle(&edges).map_or(Ok(()), |t| {
+        Err(format!("the DAG has a cycle through `{t}`"))
+    })
 }
 
 /// Task names in a `depends` expression like `a.Succeeded && (b || c.Failed)`.
@@ -77,7 +97,11 @@ fn depends_names(expr: &str) -> Vec<&str> {
 fn find_cycle<'a>(edges: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<&'a str> {
     // Kahn's algorithm: whatever cannot be ordered is on or behind a cycle.
     let mut indegree: BTreeMap<&str, usize> = edges.iter().map(|(k, v)| (*k, v.len())).collect();
-    let mut ready: Vec<&str> = indegree.iter().filter(|(_, d)| **d == 0).map(|(k, _)| *k).collect();
+    let mut ready: Vec<&str> = indegree
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(k, _)| *k)
+        .collect();
     while let Some(done) = ready.pop() {
         for (task, deps) in edges {
             if deps.contains(&done) {
@@ -95,9 +119,13 @@ fn find_cycle<'a>(edges: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<&'a str> {
 
 /// Label keys (optional DNS prefix, a name of at most 63) and values (at most 63, alphanumeric ends).
 fn check_labels(labels: &Value, at: &str) -> Result<(), String> {
-    let Some(map) = labels.as_object() else { return Ok(()) };
+    let Some(map) = labels.as_object() else {
+        return Ok(());
+    };
     for (k, v) in map {
-        let (prefix, name) = k.rsplit_once('/').map_or((None, k.as_str()), |(p, n)| (Some(p), n));
+        let (prefix, name) = k
+            .rsplit_once('/')
+            .map_or((None, k.as_str()), |(p, n)| (Some(p), n));
         let name_ok = !name.is_empty() && name.len() <= 63 && label_chars(name);
         if !name_ok || prefix.is_some_and(|p| !is_dns_subdomain(p)) {
             return Err(format!("{at}: `{k}` is not a valid label key"));
@@ -105,7 +133,9 @@ fn check_labels(labels: &Value, at: &str) -> Result<(), String> {
         if is_argument(v) {
             continue;
         }
-        let v = v.as_str().ok_or_else(|| format!("{at}.{k}: label values are strings"))?;
+        let v = v
+            .as_str()
+            .ok_or_else(|| format!("{at}.{k}: label values are strings"))?;
         if v.len() > 63 || !(v.is_empty() || label_chars(v)) {
             return Err(format!("{at}.{k}: `{v}` is not a valid label value"));
         }
@@ -115,7 +145,8 @@ fn check_labels(labels: &Value, at: &str) -> Result<(), String> {
 
 fn label_chars(s: &str) -> bool {
     let b = s.as_bytes();
-    b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+    b.iter()
+        .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
         && b.first().is_some_and(u8::is_ascii_alphanumeric)
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
@@ -123,7 +154,8 @@ fn label_chars(s: &str) -> bool {
 /// True for the `{"$ferry_arg": NAME}` objects that stand for a workflow argument in an inner
 /// manifest (their values are checked where the run's arguments are made).
 fn is_argument(v: &Value) -> bool {
-    v.as_object().is_some_and(|o| o.len() == 1 && o.get(super::ARG_KEY).is_some_and(Value::is_string))
+    v.as_object()
+        .is_some_and(|o| o.len() == 1 && o.get(super::ARG_KEY).is_some_and(Value::is_string))
 }
 
 /// Checks the inner job of a distributed step.
@@ -152,28 +184,47 @@ mod tests {
 
     #[test]
     fn accepts_a_sound_dag() {
-        let w = wf(json!([{"name": "a", "template": "step-a"}, {"name": "b", "template": "step-b", "depends": "a.Succeeded"}]));
+        let w = wf(
+            json!([{"name": "a", "template": "step-a"}, {"name": "b", "template": "step-b", "depends": "a.Succeeded"}]),
+        );
         assert_eq!(check_workflow(&w), Ok(()));
     }
 
     #[test]
     fn rejects_unknown_dependency_cycle_and_template() {
         let unknown = wf(json!([{"name": "a", "template": "step-a", "depends": "x.Succeeded"}]));
-        assert_eq!(check_workflow(&unknown), Err("task `a` depends on unknown task `x`".into()));
-        let cycle = wf(json!([{"name": "a", "template": "step-a", "depends": "b.Succeeded"},
-                              {"name": "b", "template": "step-b", "depends": "a.Succeeded"}]));
-        assert_eq!(check_workflow(&cycle), Err("the DAG has a cycle through `a`".into()));
+        assert_eq!(
+            check_workflow(&unknown),
+            Err("task `a` depends on unknown task `x`".into())
+        );
+        let cycle = wf(
+            json!([{"name": "a", "template": "step-a", "depends": "b.Succeeded"},
+                              {"name": "b", "template": "step-b", "depends": "a.Succeeded"}]),
+        );
+        assert_eq!(
+            check_workflow(&cycle),
+            Err("the DAG has a cycle through `a`".into())
+        );
         let template = wf(json!([{"name": "a", "template": "step-z"}]));
-        assert_eq!(check_workflow(&template), Err("task `a` uses unknown template `step-z`".into()));
+        assert_eq!(
+            check_workflow(&template),
+            Err("task `a` uses unknown template `step-z`".into())
+        );
     }
 
     #[test]
     fn rejects_bad_names_and_labels() {
         let mut w = wf(json!([]));
         w["metadata"]["name"] = json!("Ferry_1");
-        assert_eq!(check_workflow(&w), Err("metadata.name `Ferry_1` is not a valid workflow name".into()));
+        assert_eq!(
+            check_workflow(&w),
+            Err("metadata.name `Ferry_1` is not a valid workflow name".into())
+        );
         let mut w = wf(json!([]));
         w["metadata"]["labels"] = json!({"ferry.dev/ref": "a b"});
-        assert_eq!(check_workflow(&w), Err("metadata.labels.ferry.dev/ref: `a b` is not a valid label value".into()));
+        assert_eq!(
+            check_workflow(&w),
+            Err("metadata.labels.ferry.dev/ref: `a b` is not a valid label value".into())
+        );
     }
 }

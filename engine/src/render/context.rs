@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::{RenderError, RunContext, SkippedStep};
-use crate::pipeline::{EventKind, ImageRef, Pipeline, Step, StepKind, VolumeRef};
 use crate::pipeline::glob::any_match;
+use crate::pipeline::{EventKind, ImageRef, Pipeline, Step, StepKind, VolumeRef};
 use crate::profile::{Distributed, Profile};
 
 /// The fixed shell wrapper every step runs: the user's script (from `FERRY_SCRIPT`) with `sh -e`,
@@ -55,15 +55,30 @@ fn arg_ref(name: &str) -> String {
 
 /// Label values must be at most 63 characters of `[A-Za-z0-9._-]`, starting and ending alphanumeric.
 pub(super) fn label_value(s: &str) -> String {
-    let mut v: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).take(63).collect();
+    let mut v: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
     while v.ends_with(|c: char| !c.is_ascii_alphanumeric()) {
         v.pop();
     }
-    v.trim_start_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+    v.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// The skeleton context: everything but the run.
-pub(super) fn skeleton(p: &Pipeline, profile: &Profile, skipped: &[SkippedStep]) -> Result<Built, RenderError> {
+pub(super) fn skeleton(
+    p: &Pipeline,
+    profile: &Profile,
+    skipped: &[SkippedStep],
+) -> Result<Built, RenderError> {
     let mut steps = Vec::new();
     let mut jobs = Vec::new();
     let mut tasks = Vec::new();
@@ -79,6 +94,7 @@ pub(super) fn skeleton(p: &Pipeline, profile: &Profile, skipped: &[SkippedStep])
         steps.push(built.0);
     }
     let workflow = json!({
+        "arguments": pipeline_arguments(p),
         "service_account": profile.service_account,
         "ttl_seconds": profile.ttl_seconds_after_finished,
         "image_pull_secrets": profile.image_pull_secrets,
@@ -127,8 +143,20 @@ fn event_word(e: EventKind) -> &'static str {
     }
 }
 
-/// Workflow arguments: the run's context and parameters, then every step's script and env values,
-/// then the names a distributed step's resources take.
+/// The arguments every run of the pipeline has: each step's script and env values.
+fn pipeline_arguments(p: &Pipeline) -> Vec<Value> {
+    let mut args = Vec::new();
+    for s in &p.steps {
+        args.push(json!({"name": script_arg(s), "value": s.run}));
+        for (k, v) in &s.env {
+            args.push(json!({"name": env_arg(s, k), "value": v}));
+        }
+    }
+    args
+}
+
+/// The arguments of one run: its context and parameters, and the names a distributed step's
+/// resources take. They come before the pipeline's own arguments.
 fn arguments(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Vec<Value> {
     let mut args = vec![
         json!({"name": ARG_REPO, "value": ctx.repo_url}),
@@ -142,12 +170,6 @@ fn arguments(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Vec<Value> {
     ];
     for (k, default) in &p.params {
         args.push(json!({"name": k, "value": ctx.params.get(k).unwrap_or(default)}));
-    }
-    for s in &p.steps {
-        args.push(json!({"name": script_arg(s), "value": s.run}));
-        for (k, v) in &s.env {
-            args.push(json!({"name": env_arg(s, k), "value": v}));
-        }
     }
     if p.workspace.is_some() && p.steps.iter().any(is_distributed) {
         args.push(json!({"name": ARG_WORKSPACE_CLAIM, "value": format!("{}-workspace", workflow_name(ctx))}));
@@ -165,7 +187,11 @@ fn arguments(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Vec<Value> {
 /// The name of a distributed step's PyTorchJob or JobSet.
 fn job_name(run_id: u64, step: &Step) -> String {
     let name = format!("ferry-{run_id}-{}", step.name);
-    name.chars().take(40).collect::<String>().trim_end_matches('-').to_owned()
+    name.chars()
+        .take(40)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
 }
 
 fn job_arg(s: &Step) -> String {
@@ -196,7 +222,10 @@ pub(super) fn decide_skips(p: &Pipeline, ctx: &RunContext) -> Vec<SkippedStep> {
                 .map(|n| format!("needs `{n}`, which is skipped"))
         });
         if let Some(reason) = reason {
-            out.push(SkippedStep { step: step.name.clone(), reason });
+            out.push(SkippedStep {
+                step: step.name.clone(),
+                reason,
+            });
         }
     }
     out
@@ -207,7 +236,10 @@ fn gate_reason(step: &Step, ctx: &RunContext) -> Option<String> {
     if let Some(events) = &g.events
         && !events.contains(&ctx.event)
     {
-        return Some(format!("`if.events` does not include {}", event_word(ctx.event)));
+        return Some(format!(
+            "`if.events` does not include {}",
+            event_word(ctx.event)
+        ));
     }
     if let Some(globs) = &g.branches {
         let matched = ctx.branch.as_deref().is_some_and(|b| any_match(globs, b));
@@ -226,10 +258,17 @@ fn gate_reason(step: &Step, ctx: &RunContext) -> Option<String> {
 
 fn task(p: &Pipeline, i: usize) -> Value {
     let step = &p.steps[i];
-    let depends: Vec<String> = step.needs.iter().map(|n| format!("{}.Succeeded", p.steps[*n].name)).collect();
+    let depends: Vec<String> = step
+        .needs
+        .iter()
+        .map(|n| format!("{}.Succeeded", p.steps[*n].name))
+        .collect();
     let when = step.gate.metrics.as_ref().map(|m| {
         let source = |r: &crate::pipeline::expr::MetricRef| {
-            let publisher = m.sources.get(r).map_or(step.name.as_str(), |i| p.steps[*i].name.as_str());
+            let publisher = m
+                .sources
+                .get(r)
+                .map_or(step.name.as_str(), |i| p.steps[*i].name.as_str());
             format!("tasks['{publisher}'].outputs.parameters['metrics']")
         };
         format!("{{{{={}}}}}", m.expr.to_argo(&source))
@@ -266,11 +305,9 @@ pub(super) struct PodParts {
 pub(super) fn image_of(step: &Step, profile: &Profile) -> Result<String, RenderError> {
     match &step.image {
         ImageRef::Image(i) => Ok(i.clone()),
-        ImageRef::Environment(e) => profile
-            .environments
-            .get(e)
-            .cloned()
-            .ok_or_else(|| RenderError::Profile(format!("environment `{e}` is not in the profile"))),
+        ImageRef::Environment(e) => profile.environments.get(e).cloned().ok_or_else(|| {
+            RenderError::Profile(format!("environment `{e}` is not in the profile"))
+        }),
     }
 }
 
@@ -291,16 +328,29 @@ pub(super) fn kind_word(k: StepKind) -> &'static str {
     }
 }
 
-pub(super) fn volume_preset<'a>(v: &'a VolumeRef, profile: &'a Profile) -> Result<(String, String, bool), RenderError> {
+pub(super) fn volume_preset<'a>(
+    v: &'a VolumeRef,
+    profile: &'a Profile,
+) -> Result<(String, String, bool), RenderError> {
     match v {
-        VolumeRef::Claim { claim, mount, read_only } => Ok((claim.clone(), mount.clone(), *read_only)),
-        VolumeRef::Preset { name, mount, read_only } => {
-            let p = profile
-                .volumes
-                .get(name)
-                .ok_or_else(|| RenderError::Profile(format!("volume preset `{name}` is not in the profile")))?;
-            Ok((p.claim.clone(), mount.clone().unwrap_or_else(|| p.mount.clone()), read_only.unwrap_or(p.read_only)))
+        VolumeRef::Claim {
+            claim,
+            mount,
+            read_only,
+        } => Ok((claim.clone(), mount.clone(), *read_only)),
+        VolumeRef::Preset {
+            name,
+            mount,
+            read_only,
+        } => {
+            let p = profile.volumes.get(name).ok_or_else(|| {
+                RenderError::Profile(format!("volume preset `{name}` is not in the profile"))
+            })?;
+            Ok((
+                p.claim.clone(),
+                mount.clone().unwrap_or_else(|| p.mount.clone()),
+                read_only.unwrap_or(p.read_only),
+            ))
         }
     }
 }
-

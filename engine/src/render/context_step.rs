@@ -5,7 +5,11 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 
-pub(in crate::render) fn step_context(p: &Pipeline, step: &Step, profile: &Profile) -> Result<(Value, Option<Value>), RenderError> {
+pub(in crate::render) fn step_context(
+    p: &Pipeline,
+    step: &Step,
+    profile: &Profile,
+) -> Result<(Value, Option<Value>), RenderError> {
     let distributed = is_distributed(step);
     let pod = pod_parts(p, step, profile, distributed)?;
     let deadline = step.timeout_secs.map(|s| s.to_string());
@@ -42,7 +46,11 @@ pub(in crate::render) fn step_context(p: &Pipeline, step: &Step, profile: &Profi
 
 /// A metrics path as the pod sees it: relative paths are under the checkout at `/src`.
 fn metrics_path(m: &str) -> String {
-    if m.starts_with('/') { m.to_owned() } else { format!("/src/{}", m.trim_start_matches("./")) }
+    if m.starts_with('/') {
+        m.to_owned()
+    } else {
+        format!("/src/{}", m.trim_start_matches("./"))
+    }
 }
 
 /// A step's pod labels. The run's own labels (run id, sha, project) reach Argo's pods through
@@ -58,27 +66,38 @@ fn pod_labels(p: &Pipeline, step: &Step) -> Value {
     Value::Object(l)
 }
 
-fn pod_parts(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) -> Result<PodParts, RenderError> {
+fn pod_parts(
+    p: &Pipeline,
+    step: &Step,
+    profile: &Profile,
+    distributed: bool,
+) -> Result<PodParts, RenderError> {
     let pod_labels = pod_labels(p, step);
     let (mut node_selector, mut tolerations) = (std::collections::BTreeMap::new(), Vec::new());
     let mut resources = Map::new();
     let r = &step.resources;
     if let Some(type_name) = &r.gpu_type {
-        let t = profile
-            .gpu_types
-            .get(type_name)
-            .ok_or_else(|| RenderError::Profile(format!("GPU type `{type_name}` is not in the profile")))?;
+        let t = profile.gpu_types.get(type_name).ok_or_else(|| {
+            RenderError::Profile(format!("GPU type `{type_name}` is not in the profile"))
+        })?;
         if r.gpu > 0 {
             resources.insert(t.resource.clone(), r.gpu.to_string().into());
         }
         if let Some(m) = &r.gpu_memory {
-            resources.insert("nvidia.com/gpumem".into(), m.mebibytes_ceil().to_string().into());
+            resources.insert(
+                "nvidia.com/gpumem".into(),
+                m.mebibytes_ceil().to_string().into(),
+            );
         }
         if let Some(c) = r.gpu_cores {
             resources.insert("nvidia.com/gpucores".into(), c.to_string().into());
         }
         node_selector.extend(t.node_selector.clone());
-        tolerations.extend(t.tolerations.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)));
+        tolerations.extend(
+            t.tolerations
+                .iter()
+                .map(|t| serde_json::to_value(t).unwrap_or(Value::Null)),
+        );
     }
     if let Some(c) = &r.cpu {
         resources.insert("cpu".into(), c.as_str().into());
@@ -87,21 +106,21 @@ fn pod_parts(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) ->
         resources.insert("memory".into(), m.as_str().into());
     }
     if let Some(g) = &step.node_group {
-        let group = profile
-            .node_groups
-            .get(g)
-            .ok_or_else(|| RenderError::Profile(format!("node group `{g}` is not in the profile")))?;
+        let group = profile.node_groups.get(g).ok_or_else(|| {
+            RenderError::Profile(format!("node group `{g}` is not in the profile"))
+        })?;
         node_selector.extend(group.node_selector.clone());
-        tolerations.extend(group.tolerations.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)));
+        tolerations.extend(
+            group
+                .tolerations
+                .iter()
+                .map(|t| serde_json::to_value(t).unwrap_or(Value::Null)),
+        );
     }
     let priority_class = match &step.priority {
-        Some(level) => Some(
-            profile
-                .priorities
-                .get(level)
-                .cloned()
-                .ok_or_else(|| RenderError::Profile(format!("priority `{level}` is not in the profile")))?,
-        ),
+        Some(level) => Some(profile.priorities.get(level).cloned().ok_or_else(|| {
+            RenderError::Profile(format!("priority `{level}` is not in the profile"))
+        })?),
         None => None,
     };
     let (volumes, mounts) = volumes(p, step, profile, distributed)?;
@@ -124,7 +143,11 @@ fn pod_parts(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) ->
 /// standing where a JSON value goes. Here it is an object `{"$ferry_arg": NAME}`, which no value
 /// from a user can be (they are all strings); `render::write_manifest` writes it as the expression.
 fn value_of(arg: &str, distributed: bool) -> Value {
-    if distributed { json!({ super::super::ARG_KEY: arg }) } else { Value::String(arg_ref(arg)) }
+    if distributed {
+        json!({ super::super::ARG_KEY: arg })
+    } else {
+        Value::String(arg_ref(arg))
+    }
 }
 
 fn env(p: &Pipeline, step: &Step, distributed: bool, jobset: bool) -> Vec<Value> {
@@ -141,15 +164,32 @@ fn env(p: &Pipeline, step: &Step, distributed: bool, jobset: bool) -> Vec<Value>
         plain("FERRY_PIPELINE", p.name.clone()),
         plain("FERRY_STEP", step.name.clone()),
         plain("FERRY_WORKSPACE", "/workspace".to_owned()),
-        plain("FERRY_SCRATCH", if step.resources.scratch.is_some() { "/scratch" } else { "/tmp" }.to_owned()),
-        plain("FERRY_METRICS_FILE", step.metrics.as_deref().map(metrics_path).unwrap_or_default()),
+        plain(
+            "FERRY_SCRATCH",
+            if step.resources.scratch.is_some() {
+                "/scratch"
+            } else {
+                "/tmp"
+            }
+            .to_owned(),
+        ),
+        plain(
+            "FERRY_METRICS_FILE",
+            step.metrics
+                .as_deref()
+                .map(metrics_path)
+                .unwrap_or_default(),
+        ),
         json!({"name": "FERRY_SCRIPT", "value": value_of(&script_arg(step), distributed)}),
     ];
     for name in p.params.keys() {
         env.push(json!({"name": format!("FERRY_PARAM_{}", name.to_uppercase()), "value": value_of(name, distributed)}));
     }
     if distributed {
-        env.push(plain("NPROC_PER_NODE", step.resources.gpu.max(1).to_string()));
+        env.push(plain(
+            "NPROC_PER_NODE",
+            step.resources.gpu.max(1).to_string(),
+        ));
     }
     if jobset {
         // The training operator sets these for a PyTorchJob; a JobSet's pods get them from us.
@@ -162,12 +202,19 @@ fn env(p: &Pipeline, step: &Step, distributed: bool, jobset: bool) -> Vec<Value>
         env.push(json!({"name": key, "value": value_of(&env_arg(step, key), distributed)}));
     }
     for (key, s) in &step.secret_env {
-        env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {"name": s.name, "key": s.key}}}));
+        env.push(
+            json!({"name": key, "valueFrom": {"secretKeyRef": {"name": s.name, "key": s.key}}}),
+        );
     }
     env
 }
 
-fn volumes(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) -> Result<(Vec<Value>, Vec<Value>), RenderError> {
+fn volumes(
+    p: &Pipeline,
+    step: &Step,
+    profile: &Profile,
+    distributed: bool,
+) -> Result<(Vec<Value>, Vec<Value>), RenderError> {
     let mut vols = Vec::new();
     let mut mounts = Vec::new();
     match (&p.workspace, distributed) {
@@ -183,11 +230,16 @@ fn volumes(p: &Pipeline, step: &Step, profile: &Profile, distributed: bool) -> R
         mounts.push(json!({"name": "src", "mountPath": "/src"}));
     }
     if let Some(shm) = &step.resources.shm {
-        vols.push(json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm.as_str()}}));
+        vols.push(
+            json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm.as_str()}}),
+        );
         mounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
     }
     if let Some(scratch) = &step.resources.scratch {
-        vols.push(scratch_volume(scratch.as_str(), profile.scratch_storage_class.as_deref()));
+        vols.push(scratch_volume(
+            scratch.as_str(),
+            profile.scratch_storage_class.as_deref(),
+        ));
         mounts.push(json!({"name": "scratch", "mountPath": "/scratch"}));
     }
     for (i, v) in step.volumes.iter().enumerate() {
@@ -247,7 +299,11 @@ fn job_context(step: &Step, profile: &Profile, pod: &PodParts) -> Value {
         spec.insert("priorityClassName".into(), pc.clone().into());
     }
     if !profile.image_pull_secrets.is_empty() {
-        let secrets: Vec<Value> = profile.image_pull_secrets.iter().map(|s| json!({"name": s})).collect();
+        let secrets: Vec<Value> = profile
+            .image_pull_secrets
+            .iter()
+            .map(|s| json!({"name": s}))
+            .collect();
         spec.insert("imagePullSecrets".into(), secrets.into());
     }
     json!({

@@ -14,7 +14,9 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use handlebars::{Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason};
+use handlebars::{
+    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+};
 use serde_json::Value;
 
 use crate::pipeline::{EventKind, Pipeline};
@@ -27,11 +29,23 @@ const ARG_KEY: &str = "$ferry_arg";
 
 /// The templates shipped in the binary: (name, text).
 const EMBEDDED: [(&str, &str); 6] = [
-    ("workflow", include_str!("../../../templates/workflow.json.hbs")),
+    (
+        "workflow",
+        include_str!("../../../templates/workflow.json.hbs"),
+    ),
     ("run", include_str!("../../../templates/run.json.hbs")),
-    ("step-container", include_str!("../../../templates/step-container.json.hbs")),
-    ("step-resource", include_str!("../../../templates/step-resource.json.hbs")),
-    ("pytorchjob", include_str!("../../../templates/pytorchjob.json.hbs")),
+    (
+        "step-container",
+        include_str!("../../../templates/step-container.json.hbs"),
+    ),
+    (
+        "step-resource",
+        include_str!("../../../templates/step-resource.json.hbs"),
+    ),
+    (
+        "pytorchjob",
+        include_str!("../../../templates/pytorchjob.json.hbs"),
+    ),
     ("jobset", include_str!("../../../templates/jobset.json.hbs")),
 ];
 
@@ -129,13 +143,22 @@ impl std::fmt::Debug for Renderer {
 }
 
 /// The quoting helper: `{{q value}}` writes the value JSON-encoded.
-fn quote(h: &Helper<'_>, _: &Handlebars<'_>, _: &Context, _: &mut RenderContext<'_, '_>, out: &mut dyn Output) -> HelperResult {
-    let param = h.param(0).ok_or(RenderErrorReason::ParamNotFoundForIndex("q", 0))?;
+fn quote(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let param = h
+        .param(0)
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("q", 0))?;
     if param.is_value_missing() {
         let name = param.relative_path().cloned().unwrap_or_default();
         return Err(RenderErrorReason::MissingVariable(Some(name)).into());
     }
-    let text = serde_json::to_string(param.value()).map_err(|e| RenderErrorReason::Other(e.to_string()))?;
+    let text = serde_json::to_string(param.value())
+        .map_err(|e| RenderErrorReason::Other(e.to_string()))?;
     out.write(&text)?;
     Ok(())
 }
@@ -143,8 +166,13 @@ fn quote(h: &Helper<'_>, _: &Handlebars<'_>, _: &Context, _: &mut RenderContext<
 impl Renderer {
     /// The templates built into the binary.
     pub fn embedded() -> Renderer {
-        Self::with(EMBEDDED.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect())
-            .unwrap_or_else(|e| panic!("embedded templates must compile: {e}"))
+        Self::with(
+            EMBEDDED
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect(),
+        )
+        .unwrap_or_else(|e| panic!("embedded templates must compile: {e}"))
     }
 
     /// The embedded templates, with any `NAME.json.hbs` in `dir` replacing its namesake.
@@ -155,7 +183,12 @@ impl Renderer {
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => text.to_owned(),
-                Err(e) => return Err(RenderError::Template { name: path.display().to_string(), message: e.to_string() }),
+                Err(e) => {
+                    return Err(RenderError::Template {
+                        name: path.display().to_string(),
+                        message: e.to_string(),
+                    });
+                }
             };
             templates.push((name.to_owned(), text));
         }
@@ -169,9 +202,15 @@ impl Renderer {
         hb.register_helper("q", Box::new(quote));
         for (name, text) in templates {
             hb.register_template_string(&name, text)
-                .map_err(|e| RenderError::Template { name: name.clone(), message: e.to_string() })?;
+                .map_err(|e| RenderError::Template {
+                    name: name.clone(),
+                    message: e.to_string(),
+                })?;
         }
-        Ok(Renderer { hb, skeletons: Mutex::default() })
+        Ok(Renderer {
+            hb,
+            skeletons: Mutex::default(),
+        })
     }
 
     /// Renders and self-checks the workflow of one run.
@@ -180,29 +219,56 @@ impl Renderer {
     /// skeleton, `workflow.json.hbs`) is rendered, parsed back and checked once and then reused;
     /// each run renders `run.json.hbs` (metadata, pod labels, arguments) into a copy of it, and the
     /// whole manifest is self-checked every time.
-    pub fn render(&self, pipeline: &Pipeline, profile: &Profile, ctx: &RunContext) -> Result<Rendered, RenderError> {
+    pub fn render(
+        &self,
+        pipeline: &Pipeline,
+        profile: &Profile,
+        ctx: &RunContext,
+    ) -> Result<Rendered, RenderError> {
         check_context(pipeline, ctx)?;
         let skipped = context::decide_skips(pipeline, ctx);
         let skeleton = self.skeleton(pipeline, profile, &skipped)?;
         let text = self.run("run", context::run(pipeline, profile, ctx))?;
-        let mut run: Value = serde_json::from_str(&text)
-            .map_err(|e| RenderError::SelfCheck(format!("template `run` did not produce JSON: {e}")))?;
+        let mut run: Value = serde_json::from_str(&text).map_err(|e| {
+            RenderError::SelfCheck(format!("template `run` did not produce JSON: {e}"))
+        })?;
         let mut manifest = (*skeleton).clone();
         manifest["metadata"] = run["metadata"].take();
         manifest["spec"]["podMetadata"] = run["podMetadata"].take();
-        manifest["spec"]["arguments"] = run["arguments"].take();
+        let mut arguments = run["arguments"]["parameters"].take();
+        if let (Some(run_args), Some(Value::Array(own))) = (
+            arguments.as_array_mut(),
+            manifest["spec"]["arguments"].get_mut("parameters"),
+        ) {
+            run_args.append(own);
+        }
+        manifest["spec"]["arguments"] = serde_json::json!({ "parameters": arguments });
         check_workflow(&manifest).map_err(RenderError::SelfCheck)?;
         Ok(Rendered { manifest, skipped })
     }
 
     /// The rendered skeleton for this pipeline, profile and skip set, from the cache or made now.
-    fn skeleton(&self, pipeline: &Pipeline, profile: &Profile, skipped: &[SkippedStep]) -> Result<Arc<Value>, RenderError> {
+    fn skeleton(
+        &self,
+        pipeline: &Pipeline,
+        profile: &Profile,
+        skipped: &[SkippedStep],
+    ) -> Result<Arc<Value>, RenderError> {
         let key = SkeletonKey {
             pipeline: pipeline.fingerprint,
-            profile: fingerprint(&serde_json::to_string(profile).unwrap_or_default()),
+            profile: {
+                let mut h = std::hash::DefaultHasher::new();
+                profile.hash(&mut h);
+                h.finish()
+            },
             skipped: skipped.iter().map(|s| s.step.clone()).collect(),
         };
-        if let Some(hit) = self.skeletons.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(hit) = self
+            .skeletons
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
             return Ok(hit);
         }
         let mut built = context::skeleton(pipeline, profile, skipped)?;
@@ -211,8 +277,9 @@ impl Renderer {
             built.workflow["steps"][index]["resource"] = manifest;
         }
         let text = self.run("workflow", built.workflow)?;
-        let skeleton: Value = serde_json::from_str(&text)
-            .map_err(|e| RenderError::SelfCheck(format!("template `workflow` did not produce JSON: {e}")))?;
+        let skeleton: Value = serde_json::from_str(&text).map_err(|e| {
+            RenderError::SelfCheck(format!("template `workflow` did not produce JSON: {e}"))
+        })?;
         let skeleton = Arc::new(skeleton);
         if let Ok(mut cache) = self.skeletons.lock() {
             if cache.len() >= MAX_CACHED {
@@ -229,18 +296,30 @@ impl Renderer {
         let ctx = Context::from(data);
         self.hb
             .render_with_context(name, &ctx)
-            .map_err(|e| RenderError::Template { name: name.to_owned(), message: e.to_string() })
+            .map_err(|e| RenderError::Template {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })
     }
 
     /// Renders the inner PyTorchJob / JobSet of a distributed step to its manifest text.
     fn render_job(&self, job: &Value) -> Result<Value, RenderError> {
         let (template, success, failure) = match job["kind"].as_str() {
-            Some("jobset") => ("jobset", "status.terminalState == Completed", "status.terminalState == Failed"),
-            _ => ("pytorchjob", "status.replicaStatuses.Master.succeeded > 0", "status.replicaStatuses.Master.failed > 0"),
+            Some("jobset") => (
+                "jobset",
+                "status.terminalState == Completed",
+                "status.terminalState == Failed",
+            ),
+            _ => (
+                "pytorchjob",
+                "status.replicaStatuses.Master.succeeded > 0",
+                "status.replicaStatuses.Master.failed > 0",
+            ),
         };
         let text = self.run(template, job.clone())?;
-        let object: Value = serde_json::from_str(&text)
-            .map_err(|e| RenderError::SelfCheck(format!("template `{template}` did not produce JSON: {e}")))?;
+        let object: Value = serde_json::from_str(&text).map_err(|e| {
+            RenderError::SelfCheck(format!("template `{template}` did not produce JSON: {e}"))
+        })?;
         check::check_job(&object).map_err(RenderError::SelfCheck)?;
         let mut manifest = String::new();
         write_manifest(&object, &mut manifest);
@@ -292,12 +371,23 @@ pub(crate) fn fingerprint(text: &str) -> u64 {
 }
 
 fn check_context(pipeline: &Pipeline, ctx: &RunContext) -> Result<(), RenderError> {
-    if let Some(extra) = ctx.params.keys().find(|k| !pipeline.params.contains_key(*k)) {
-        return Err(RenderError::Context(format!("parameter `{extra}` is not declared by pipeline `{}`", pipeline.name)));
+    if let Some(extra) = ctx
+        .params
+        .keys()
+        .find(|k| !pipeline.params.contains_key(*k))
+    {
+        return Err(RenderError::Context(format!(
+            "parameter `{extra}` is not declared by pipeline `{}`",
+            pipeline.name
+        )));
     }
-    let hex = ctx.sha.len() >= 7 && ctx.sha.len() <= 64 && ctx.sha.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex =
+        ctx.sha.len() >= 7 && ctx.sha.len() <= 64 && ctx.sha.bytes().all(|b| b.is_ascii_hexdigit());
     if !hex {
-        return Err(RenderError::Context(format!("`{}` is not a commit SHA", ctx.sha)));
+        return Err(RenderError::Context(format!(
+            "`{}` is not a commit SHA",
+            ctx.sha
+        )));
     }
     if ctx.run_id == 0 {
         return Err(RenderError::Context("run ids start at 1".into()));
@@ -305,7 +395,9 @@ fn check_context(pipeline: &Pipeline, ctx: &RunContext) -> Result<(), RenderErro
     if let Some(ns) = &ctx.namespace
         && !crate::pipeline::is_dns_label(ns)
     {
-        return Err(RenderError::Context(format!("`{ns}` is not a namespace name")));
+        return Err(RenderError::Context(format!(
+            "`{ns}` is not a namespace name"
+        )));
     }
     Ok(())
 }

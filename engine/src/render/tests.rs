@@ -75,15 +75,23 @@ fn ctx(event: EventKind, branch: &str) -> RunContext {
 
 fn render_with(text: &str, profile: &Profile, ctx: &RunContext) -> Rendered {
     let p = pipeline::load("demo.yaml", text, Some(profile)).expect("valid pipeline");
-    Renderer::embedded().render(&p, profile, ctx).expect("renders")
+    Renderer::embedded()
+        .render(&p, profile, ctx)
+        .expect("renders")
 }
 
 fn template<'a>(wf: &'a Value, name: &str) -> &'a Value {
-    wf["spec"]["templates"].as_array().and_then(|ts| ts.iter().find(|t| t["name"] == name)).expect(name)
+    wf["spec"]["templates"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .expect(name)
 }
 
 fn env<'a>(t: &'a Value, name: &str) -> &'a Value {
-    t["container"]["env"].as_array().and_then(|e| e.iter().find(|v| v["name"] == name)).expect(name)
+    t["container"]["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == name))
+        .expect(name)
 }
 
 #[test]
@@ -93,10 +101,22 @@ fn names_labels_and_annotations() {
     assert_eq!(wf["metadata"]["namespace"], "ml-team");
     assert_eq!(wf["metadata"]["labels"]["ferry.dev/run-id"], "42");
     assert_eq!(wf["metadata"]["labels"]["ferry.dev/project"], "ml-resnet");
-    assert_eq!(wf["metadata"]["labels"]["ferry.dev/sha"], "0123456789abcdef0123456789abcdef01234567");
-    assert_eq!(wf["metadata"]["annotations"]["ferry.dev/ref"], "refs/heads/main");
-    assert_eq!(wf["metadata"]["annotations"]["ferry.dev/dashboard"], "http://127.0.0.1:8080/runs/42");
-    assert_eq!(wf["spec"]["imagePullSecrets"], json!([{"name": "harbor-cred"}]));
+    assert_eq!(
+        wf["metadata"]["labels"]["ferry.dev/sha"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(
+        wf["metadata"]["annotations"]["ferry.dev/ref"],
+        "refs/heads/main"
+    );
+    assert_eq!(
+        wf["metadata"]["annotations"]["ferry.dev/dashboard"],
+        "http://127.0.0.1:8080/runs/42"
+    );
+    assert_eq!(
+        wf["spec"]["imagePullSecrets"],
+        json!([{"name": "harbor-cred"}])
+    );
 }
 
 #[test]
@@ -104,49 +124,109 @@ fn gpu_resources_placement_and_volumes() {
     let wf = render_with(PIPELINE, &profile(), &ctx(EventKind::Push, "main")).manifest;
     let train = template(&wf, "step-train");
     let res = &train["container"]["resources"];
-    assert_eq!(res["limits"], json!({"nvidia.com/gpu": "4", "cpu": "16", "memory": "64Gi"}));
+    assert_eq!(
+        res["limits"],
+        json!({"nvidia.com/gpu": "4", "cpu": "16", "memory": "64Gi"})
+    );
     assert_eq!(res["requests"], res["limits"]);
-    assert_eq!(train["nodeSelector"], json!({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "pool": "training"}));
-    assert_eq!(train["tolerations"], json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]));
+    assert_eq!(
+        train["nodeSelector"],
+        json!({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "pool": "training"})
+    );
+    assert_eq!(
+        train["tolerations"],
+        json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    );
     assert_eq!(train["priorityClassName"], "ferry-normal");
-    assert_eq!(train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], "team-a");
-    assert_eq!(train["retryStrategy"], json!({"limit": "1", "retryPolicy": "Always"}));
+    assert_eq!(
+        train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"],
+        "team-a"
+    );
+    assert_eq!(
+        train["retryStrategy"],
+        json!({"limit": "1", "retryPolicy": "Always"})
+    );
     assert_eq!(train["activeDeadlineSeconds"], "43200");
     let vols = train["volumes"].as_array().expect("volumes");
-    assert!(vols.contains(&json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})));
-    assert!(vols.iter().any(|v| v["name"] == "scratch" && v["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"] == "local-nvme"));
-    assert!(vols.contains(&json!({"name": "vol-0", "persistentVolumeClaim": {"claimName": "share", "readOnly": true}})));
-    assert_eq!(wf["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "50Gi");
+    assert!(
+        vols.contains(
+            &json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
+        )
+    );
+    assert!(vols.iter().any(|v| v["name"] == "scratch"
+        && v["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"] == "local-nvme"));
+    assert!(vols.contains(
+        &json!({"name": "vol-0", "persistentVolumeClaim": {"claimName": "share", "readOnly": true}})
+    ));
+    assert_eq!(
+        wf["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "50Gi"
+    );
     let git = &train["inputs"]["artifacts"][0];
     assert_eq!(git["path"], "/src");
     assert_eq!(git["git"]["revision"], "{{workflow.parameters.ferry-sha}}");
-    let args = wf["spec"]["arguments"]["parameters"].as_array().expect("arguments");
-    assert!(args.contains(&json!({"name": "ferry-sha", "value": "0123456789abcdef0123456789abcdef01234567"})));
-    assert_eq!(git["git"]["passwordSecret"], json!({"name": "ferry-git", "key": "password"}));
+    let args = wf["spec"]["arguments"]["parameters"]
+        .as_array()
+        .expect("arguments");
+    assert!(args.contains(
+        &json!({"name": "ferry-sha", "value": "0123456789abcdef0123456789abcdef01234567"})
+    ));
+    assert_eq!(
+        git["git"]["passwordSecret"],
+        json!({"name": "ferry-git", "key": "password"})
+    );
 }
 
 #[test]
 fn hami_slices_in_mebibytes() {
     let wf = render_with(PIPELINE, &profile(), &ctx(EventKind::Push, "main")).manifest;
     let eval = template(&wf, "step-evaluate");
-    assert_eq!(eval["container"]["resources"]["limits"], json!({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "10240", "nvidia.com/gpucores": "30"}));
-    assert_eq!(eval["outputs"]["parameters"][0], json!({"name": "metrics", "valueFrom": {"path": "/workspace/metrics.json", "default": "{}"}}));
+    assert_eq!(
+        eval["container"]["resources"]["limits"],
+        json!({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "10240", "nvidia.com/gpucores": "30"})
+    );
+    assert_eq!(
+        eval["outputs"]["parameters"][0],
+        json!({"name": "metrics", "valueFrom": {"path": "/workspace/metrics.json", "default": "{}"}})
+    );
 }
 
 #[test]
 fn values_reach_steps_only_as_environment() {
     let wf = render_with(PIPELINE, &profile(), &ctx(EventKind::Push, "main")).manifest;
     let train = template(&wf, "step-train");
-    assert_eq!(env(train, "FERRY_PARAM_LR")["value"], "{{workflow.parameters.lr}}");
-    assert_eq!(env(train, "FERRY_SCRIPT")["value"], "{{workflow.parameters.ferry-script-train}}");
-    assert_eq!(env(train, "WANDB_API_KEY")["valueFrom"], json!({"secretKeyRef": {"name": "wandb", "key": "api-key"}}));
-    assert_eq!(env(train, "FERRY_RUN_ID")["value"], "{{workflow.parameters.ferry-run-id}}");
-    assert_eq!(wf["spec"]["podMetadata"]["labels"]["ferry.dev/run-id"], "42", "pods get the run's labels");
-    let args = wf["spec"]["arguments"]["parameters"].as_array().expect("arguments");
+    assert_eq!(
+        env(train, "FERRY_PARAM_LR")["value"],
+        "{{workflow.parameters.lr}}"
+    );
+    assert_eq!(
+        env(train, "FERRY_SCRIPT")["value"],
+        "{{workflow.parameters.ferry-script-train}}"
+    );
+    assert_eq!(
+        env(train, "WANDB_API_KEY")["valueFrom"],
+        json!({"secretKeyRef": {"name": "wandb", "key": "api-key"}})
+    );
+    assert_eq!(
+        env(train, "FERRY_RUN_ID")["value"],
+        "{{workflow.parameters.ferry-run-id}}"
+    );
+    assert_eq!(
+        wf["spec"]["podMetadata"]["labels"]["ferry.dev/run-id"], "42",
+        "pods get the run's labels"
+    );
+    let args = wf["spec"]["arguments"]["parameters"]
+        .as_array()
+        .expect("arguments");
     assert!(args.contains(&json!({"name": "lr", "value": "0.001"})));
-    assert!(args.contains(&json!({"name": "ferry-script-train", "value": "python train.py --lr \"$FERRY_PARAM_LR\""})));
+    assert!(args.contains(
+        &json!({"name": "ferry-script-train", "value": "python train.py --lr \"$FERRY_PARAM_LR\""})
+    ));
     let command = train["container"]["command"].to_string();
-    assert!(!command.contains("train.py"), "the script is not pasted into the command");
+    assert!(
+        !command.contains("train.py"),
+        "the script is not pasted into the command"
+    );
 }
 
 #[test]
@@ -163,16 +243,36 @@ fn dag_dependencies_and_metrics_gate() {
 #[test]
 fn branch_gates_and_merge_requests_skip_deploy() {
     let feature = render_with(PIPELINE, &profile(), &ctx(EventKind::Push, "feature/x"));
-    assert_eq!(feature.skipped, vec![SkippedStep { step: "deploy".into(), reason: "`if.branches` does not match the branch".into() }]);
-    assert_eq!(template(&feature.manifest, "pipeline")["dag"]["tasks"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        feature.skipped,
+        vec![SkippedStep {
+            step: "deploy".into(),
+            reason: "`if.branches` does not match the branch".into()
+        }]
+    );
+    assert_eq!(
+        template(&feature.manifest, "pipeline")["dag"]["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
     let mr = render_with(PIPELINE, &profile(), &ctx(EventKind::MergeRequest, "main"));
-    assert_eq!(mr.skipped[0].reason, "`if.events` does not include merge_request");
+    assert_eq!(
+        mr.skipped[0].reason,
+        "`if.events` does not include merge_request"
+    );
     let chained = PIPELINE.replace("    if: { branches: [main], metrics: \"accuracy >= 0.92\" }", "").replace(
         "  - name: deploy\n",
         "  - name: gate\n    kind: task\n    run: x\n    if: { branches: [main] }\n  - name: deploy\n",
     ).replace("needs: [evaluate]\n    run: ./deploy.sh", "needs: [gate]\n    run: ./deploy.sh");
     let skipped = render_with(&chained, &profile(), &ctx(EventKind::Push, "dev")).skipped;
-    assert_eq!(skipped[1], SkippedStep { step: "deploy".into(), reason: "needs `gate`, which is skipped".into() });
+    assert_eq!(
+        skipped[1],
+        SkippedStep {
+            step: "deploy".into(),
+            reason: "needs `gate`, which is skipped".into()
+        }
+    );
 }
 
 #[test]
@@ -181,20 +281,39 @@ fn distributed_steps_become_pytorchjobs_or_jobsets() {
     let wf = render_with(&text, &profile(), &ctx(EventKind::Push, "main")).manifest;
     let train = template(&wf, "step-train");
     assert_eq!(train["resource"]["action"], "create");
-    assert_eq!(train["resource"]["successCondition"], "status.replicaStatuses.Master.succeeded > 0");
+    assert_eq!(
+        train["resource"]["successCondition"],
+        "status.replicaStatuses.Master.succeeded > 0"
+    );
     let manifest = train["resource"]["manifest"].as_str().expect("manifest");
-    assert!(manifest.contains(r#""value":{{=toJson(workflow.parameters['lr'])}}"#), "{manifest}");
-    let parsed: Value = serde_json::from_str(&strip_tags(manifest)).expect("JSON once tags are replaced");
+    assert!(
+        manifest.contains(r#""value":{{=toJson(workflow.parameters['lr'])}}"#),
+        "{manifest}"
+    );
+    let parsed: Value =
+        serde_json::from_str(&strip_tags(manifest)).expect("JSON once tags are replaced");
     assert_eq!(parsed["kind"], "PyTorchJob");
-    assert_eq!(parsed["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"], 1);
-    assert_eq!(parsed["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"], "pytorch");
+    assert_eq!(
+        parsed["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"],
+        1
+    );
+    assert_eq!(
+        parsed["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"],
+        "pytorch"
+    );
     let mut jobset = profile();
     jobset.distributed = Distributed::Jobset;
     let wf = render_with(&text, &jobset, &ctx(EventKind::Push, "main")).manifest;
-    let manifest = template(&wf, "step-train")["resource"]["manifest"].as_str().expect("manifest").to_owned();
+    let manifest = template(&wf, "step-train")["resource"]["manifest"]
+        .as_str()
+        .expect("manifest")
+        .to_owned();
     let parsed: Value = serde_json::from_str(&strip_tags(&manifest)).expect("JSON");
     assert_eq!(parsed["kind"], "JobSet");
-    assert_eq!(parsed["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"], 2);
+    assert_eq!(
+        parsed["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"],
+        2
+    );
 }
 
 fn strip_tags(manifest: &str) -> String {
@@ -214,22 +333,36 @@ fn strip_tags(manifest: &str) -> String {
 fn the_skeleton_is_reused_and_runs_differ_only_in_their_own_parts() {
     let renderer = Renderer::embedded();
     let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
-    let a = renderer.render(&p, &profile(), &ctx(EventKind::Push, "main")).expect("renders").manifest;
+    let a = renderer
+        .render(&p, &profile(), &ctx(EventKind::Push, "main"))
+        .expect("renders")
+        .manifest;
     let mut other = ctx(EventKind::Push, "main");
     other.run_id = 43;
     other.sha = "fedcba9876543210fedcba9876543210fedcba98".into();
-    let b = renderer.render(&p, &profile(), &other).expect("renders").manifest;
-    assert_eq!(renderer.skeletons.lock().expect("lock").len(), 1, "one skeleton for both runs");
+    let b = renderer
+        .render(&p, &profile(), &other)
+        .expect("renders")
+        .manifest;
+    assert_eq!(
+        renderer.skeletons.lock().expect("lock").len(),
+        1,
+        "one skeleton for both runs"
+    );
     assert_eq!(b["metadata"]["name"], "ferry-43");
     assert_eq!(a["spec"]["templates"], b["spec"]["templates"]);
     assert_ne!(a["spec"]["arguments"], b["spec"]["arguments"]);
     // A run whose gates skip a step needs (and caches) another skeleton.
-    renderer.render(&p, &profile(), &ctx(EventKind::Push, "dev")).expect("renders");
+    renderer
+        .render(&p, &profile(), &ctx(EventKind::Push, "dev"))
+        .expect("renders");
     assert_eq!(renderer.skeletons.lock().expect("lock").len(), 2);
     // Same text, another profile: another skeleton.
     let mut jobset = profile();
     jobset.distributed = Distributed::Jobset;
-    renderer.render(&p, &jobset, &ctx(EventKind::Push, "main")).expect("renders");
+    renderer
+        .render(&p, &jobset, &ctx(EventKind::Push, "main"))
+        .expect("renders");
     assert_eq!(renderer.skeletons.lock().expect("lock").len(), 3);
 }
 
@@ -238,8 +371,13 @@ fn undeclared_parameters_are_refused() {
     let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
     let mut c = ctx(EventKind::Manual, "main");
     c.params.insert("batch".into(), "1".into());
-    let err = Renderer::embedded().render(&p, &profile(), &c).expect_err("undeclared");
-    assert_eq!(err.to_string(), "invalid run context: parameter `batch` is not declared by pipeline `demo`");
+    let err = Renderer::embedded()
+        .render(&p, &profile(), &c)
+        .expect_err("undeclared");
+    assert_eq!(
+        err.to_string(),
+        "invalid run context: parameter `batch` is not declared by pipeline `demo`"
+    );
 }
 
 #[test]
@@ -247,22 +385,38 @@ fn bad_context_is_refused() {
     let mut c = ctx(EventKind::Push, "main");
     c.sha = "HEAD; rm -rf /".into();
     let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
-    let err = Renderer::embedded().render(&p, &profile(), &c).expect_err("bad sha");
-    assert_eq!(err.to_string(), "invalid run context: `HEAD; rm -rf /` is not a commit SHA");
+    let err = Renderer::embedded()
+        .render(&p, &profile(), &c)
+        .expect_err("bad sha");
+    assert_eq!(
+        err.to_string(),
+        "invalid run context: `HEAD; rm -rf /` is not a commit SHA"
+    );
 }
 
 #[test]
 fn template_overrides_are_self_checked() {
     let dir = std::env::temp_dir().join(format!("ferry-templates-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let broken = EMBEDDED[0].1.replace(r#""template": {{q template}}"#, r#""template": "step-nowhere""#);
+    let broken = EMBEDDED[0].1.replace(
+        r#""template": {{q template}}"#,
+        r#""template": "step-nowhere""#,
+    );
     std::fs::write(dir.join("workflow.json.hbs"), broken).expect("write");
     let renderer = Renderer::from_dir(&dir).expect("compiles");
     let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
-    let err = renderer.render(&p, &profile(), &ctx(EventKind::Push, "main")).expect_err("self-check");
-    assert_eq!(err.to_string(), "rendered manifest failed its self-check: task `train` uses unknown template `step-nowhere`");
+    let err = renderer
+        .render(&p, &profile(), &ctx(EventKind::Push, "main"))
+        .expect_err("self-check");
+    assert_eq!(
+        err.to_string(),
+        "rendered manifest failed its self-check: task `train` uses unknown template `step-nowhere`"
+    );
     std::fs::write(dir.join("workflow.json.hbs"), "{{q nothing_here}}").expect("write");
-    let err = Renderer::from_dir(&dir).expect("compiles").render(&p, &profile(), &ctx(EventKind::Push, "main")).expect_err("strict");
+    let err = Renderer::from_dir(&dir)
+        .expect("compiles")
+        .render(&p, &profile(), &ctx(EventKind::Push, "main"))
+        .expect_err("strict");
     assert!(err.to_string().contains("nothing_here"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

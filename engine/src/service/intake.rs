@@ -76,13 +76,19 @@ pub async fn receive(
     let identity = match forge::repo_identity(forge_kind, headers, body) {
         Ok(identity) => identity,
         // A GitHub App's ping names no repository: nothing to verify it against, nothing to do.
-        Err(_) if forge_kind == ForgeKind::Github && headers.get("X-GitHub-Event") == Some("ping") => {
-            return Ok(Outcome::Ignored { reason: "GitHub App ping".into() });
+        Err(_)
+            if forge_kind == ForgeKind::Github && headers.get("X-GitHub-Event") == Some("ping") =>
+        {
+            return Ok(Outcome::Ignored {
+                reason: "GitHub App ping".into(),
+            });
         }
         Err(e) => return Ok(rejected(e)),
     };
     let Some(project) = config.project_for(forge_kind, &identity.urls) else {
-        return Ok(Outcome::Ignored { reason: format!("repository {} is not a ferry project", identity.full_name) });
+        return Ok(Outcome::Ignored {
+            reason: format!("repository {} is not a ferry project", identity.full_name),
+        });
     };
     let Some(secret) = secrets.get(&project.name) else {
         return Ok(Outcome::Unauthorized);
@@ -97,10 +103,20 @@ pub async fn receive(
     };
     let key = forge::delivery_key(forge_kind, headers, body);
     let name = event_name(&event.kind);
-    Ok(match store.insert_event(&project.name, forge_kind, &key, &event).await? {
-        Inserted::New(_) => Outcome::Stored { project: project.name.clone(), event: name },
-        Inserted::Duplicate(_) => Outcome::Duplicate { project: project.name.clone() },
-    })
+    Ok(
+        match store
+            .insert_event(&project.name, forge_kind, &key, &event)
+            .await?
+        {
+            Inserted::New(_) => Outcome::Stored {
+                project: project.name.clone(),
+                event: name,
+            },
+            Inserted::Duplicate(_) => Outcome::Duplicate {
+                project: project.name.clone(),
+            },
+        },
+    )
 }
 
 fn rejected(e: IntakeError) -> Outcome {

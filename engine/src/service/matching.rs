@@ -5,7 +5,10 @@
 //! run, exactly as PIPELINE-SPEC.md says. It is pure: no git, no I/O. Every refusal carries a
 //! sentence naming what did not match, for logs and the dashboard.
 
-use crate::event::{BranchChange, BranchPush, Event, EventKind, MergeRequestAction, MergeRequestEvent, TagChange, TagPush};
+use crate::event::{
+    BranchChange, BranchPush, Event, EventKind, MergeRequestAction, MergeRequestEvent, TagChange,
+    TagPush,
+};
 use crate::pipeline::glob::{Glob, any_match};
 use crate::pipeline::{EventKind as Trigger, PathFilter, Pipeline};
 
@@ -42,7 +45,9 @@ pub enum Match {
 /// any case, anywhere in the message.
 pub fn skip_requested(message: &str) -> bool {
     let lower = message.to_lowercase();
-    ["[skip ci]", "[ci skip]", "[skip ferry]"].iter().any(|marker| lower.contains(marker))
+    ["[skip ci]", "[ci skip]", "[skip ferry]"]
+        .iter()
+        .any(|marker| lower.contains(marker))
 }
 
 /// Decides whether `pipeline` runs for `event`, given the files the event changed.
@@ -55,8 +60,12 @@ pub fn matches(pipeline: &Pipeline, event: &Event, changes: &Changes) -> Match {
         EventKind::BranchPush(push) => branch_push(pipeline, push, changes),
         EventKind::TagPush(tag) => tag_push(pipeline, tag),
         EventKind::MergeRequest(mr) => merge_request(pipeline, mr, changes),
-        EventKind::Comment(_) => Err("comments are handled by the comment command parser, not by `on`".to_owned()),
-        EventKind::Rerequested(_) => Err("re-requested checks rerun earlier runs; they are not matched against `on`".to_owned()),
+        EventKind::Comment(_) => {
+            Err("comments are handled by the comment command parser, not by `on`".to_owned())
+        }
+        EventKind::Rerequested(_) => Err(
+            "re-requested checks rerun earlier runs; they are not matched against `on`".to_owned(),
+        ),
         EventKind::Ping => Err("a ping only tests the webhook".to_owned()),
     };
     match outcome {
@@ -65,7 +74,11 @@ pub fn matches(pipeline: &Pipeline, event: &Event, changes: &Changes) -> Match {
     }
 }
 
-fn branch_push(pipeline: &Pipeline, push: &BranchPush, changes: &Changes) -> Result<Trigger, String> {
+fn branch_push(
+    pipeline: &Pipeline,
+    push: &BranchPush,
+    changes: &Changes,
+) -> Result<Trigger, String> {
     match push.change {
         BranchChange::Deleted => return Err(format!("branch `{}` was deleted", push.branch)),
         BranchChange::Created | BranchChange::Updated | BranchChange::ForceUpdated => {}
@@ -80,7 +93,11 @@ fn branch_push(pipeline: &Pipeline, push: &BranchPush, changes: &Changes) -> Res
         ));
     };
     if !any_match(branches, &push.branch) {
-        return Err(format!("branch `{}` matches none of on.push.branches ({})", push.branch, list(branches)));
+        return Err(format!(
+            "branch `{}` matches none of on.push.branches ({})",
+            push.branch,
+            list(branches)
+        ));
     }
     not_skipped(push.head_message.as_deref())?;
     paths(&rule.paths, changes, "on.push")?;
@@ -96,25 +113,41 @@ fn tag_push(pipeline: &Pipeline, tag: &TagPush) -> Result<Trigger, String> {
         return Err(no_rule(pipeline, "on.push", "pushes"));
     };
     let Some(tags) = &rule.tags else {
-        return Err(format!("pipeline `{}` has no on.push.tags, so tag pushes do not run it", pipeline.name));
+        return Err(format!(
+            "pipeline `{}` has no on.push.tags, so tag pushes do not run it",
+            pipeline.name
+        ));
     };
     if !any_match(tags, &tag.tag) {
-        return Err(format!("tag `{}` matches none of on.push.tags ({})", tag.tag, list(tags)));
+        return Err(format!(
+            "tag `{}` matches none of on.push.tags ({})",
+            tag.tag,
+            list(tags)
+        ));
     }
     not_skipped(tag.head_message.as_deref())?;
     Ok(Trigger::Tag)
 }
 
-fn merge_request(pipeline: &Pipeline, mr: &MergeRequestEvent, changes: &Changes) -> Result<Trigger, String> {
+fn merge_request(
+    pipeline: &Pipeline,
+    mr: &MergeRequestEvent,
+    changes: &Changes,
+) -> Result<Trigger, String> {
     let n = mr.number;
     let what = match mr.action {
-        MergeRequestAction::Opened | MergeRequestAction::Updated | MergeRequestAction::Reopened | MergeRequestAction::ReadyForReview => None,
+        MergeRequestAction::Opened
+        | MergeRequestAction::Updated
+        | MergeRequestAction::Reopened
+        | MergeRequestAction::ReadyForReview => None,
         MergeRequestAction::Closed => Some("was closed"),
         MergeRequestAction::Merged => Some("was merged"),
         MergeRequestAction::Other => Some("changed without new commits"),
     };
     if let Some(what) = what {
-        return Err(format!("merge request !{n} {what}; only opening, reopening, new commits and marking ready start runs"));
+        return Err(format!(
+            "merge request !{n} {what}; only opening, reopening, new commits and marking ready start runs"
+        ));
     }
     let Some(rule) = &pipeline.triggers.merge_request else {
         return Err(no_rule(pipeline, "on.merge_request", "merge requests"));
@@ -129,7 +162,9 @@ fn merge_request(pipeline: &Pipeline, mr: &MergeRequestEvent, changes: &Changes)
         ));
     }
     if mr.draft && !rule.drafts {
-        return Err(format!("merge request !{n} is a draft and on.merge_request.drafts is not true"));
+        return Err(format!(
+            "merge request !{n} is a draft and on.merge_request.drafts is not true"
+        ));
     }
     if mr.action == MergeRequestAction::ReadyForReview && rule.drafts {
         return Err(format!(
@@ -143,14 +178,18 @@ fn merge_request(pipeline: &Pipeline, mr: &MergeRequestEvent, changes: &Changes)
 }
 
 fn no_rule(pipeline: &Pipeline, field: &str, what: &str) -> String {
-    format!("pipeline `{}` has no {field}, so {what} do not run it", pipeline.name)
+    format!(
+        "pipeline `{}` has no {field}, so {what} do not run it",
+        pipeline.name
+    )
 }
 
 fn not_skipped(message: Option<&str>) -> Result<(), String> {
     match message {
-        Some(m) if skip_requested(m) => {
-            Err("the head commit message asks to skip CI ([skip ci], [ci skip] or [skip ferry])".to_owned())
-        }
+        Some(m) if skip_requested(m) => Err(
+            "the head commit message asks to skip CI ([skip ci], [ci skip] or [skip ferry])"
+                .to_owned(),
+        ),
         Some(_) | None => Ok(()),
     }
 }
@@ -177,10 +216,18 @@ fn paths(filter: &PathFilter, changes: &Changes, field: &str) -> Result<(), Stri
     };
     if included.is_empty() {
         let globs = filter.include.as_deref().unwrap_or_default();
-        return Err(format!("no changed file ({}) matches {field}.paths ({})", sample(files.iter()), list(globs)));
+        return Err(format!(
+            "no changed file ({}) matches {field}.paths ({})",
+            sample(files.iter()),
+            list(globs)
+        ));
     }
     if included.iter().all(|f| any_match(&filter.exclude, f)) {
-        let which = if filter.include.is_some() { format!("every changed file matching {field}.paths") } else { "every changed file".to_owned() };
+        let which = if filter.include.is_some() {
+            format!("every changed file matching {field}.paths")
+        } else {
+            "every changed file".to_owned()
+        };
         return Err(format!(
             "{which} ({}) is matched by {field}.paths_ignore ({})",
             sample(included.into_iter()),

@@ -16,12 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use git2::{
-    AutotagOption, Commit, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, ObjectType, Oid, RemoteCallbacks,
-    Repository, Tree,
+    AutotagOption, Commit, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, ObjectType,
+    Oid, RemoteCallbacks, Repository, Tree,
 };
 
 pub use super::matching::Changes;
-use crate::event::{BranchChange, BranchPush, Event, EventKind, ForgeKind, MergeRequestAction, TagChange};
+use crate::event::{
+    BranchChange, BranchPush, Event, EventKind, ForgeKind, MergeRequestAction, TagChange,
+};
 use crate::pipeline::is_pipeline_file;
 
 /// Fetches every branch, overwriting force-pushed ones.
@@ -38,7 +40,10 @@ const PIPELINE_DIR: &str = ".ferry";
 /// [`merge_request_ref`].
 pub fn merge_request_refspec(forge: ForgeKind, number: u64) -> String {
     match forge {
-        ForgeKind::Gitlab => format!("+refs/merge-requests/{number}/head:{}", merge_request_ref(number)),
+        ForgeKind::Gitlab => format!(
+            "+refs/merge-requests/{number}/head:{}",
+            merge_request_ref(number)
+        ),
         ForgeKind::Github => format!("+refs/pull/{number}/head:{}", merge_request_ref(number)),
     }
 }
@@ -171,7 +176,10 @@ pub struct Mirrors {
 impl Mirrors {
     /// Mirrors under `root` (created on the first fetch).
     pub fn new(root: impl Into<PathBuf>) -> Mirrors {
-        Mirrors { root: root.into(), locks: Mutex::new(HashMap::new()) }
+        Mirrors {
+            root: root.into(),
+            locks: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The mirror directory of `project`: `root/<escaped name>.git`, where every character
@@ -179,7 +187,9 @@ impl Mirrors {
     /// `group_2fapp.git`), so distinct names never share a mirror.
     pub fn path(&self, project: &str) -> Result<PathBuf, MirrorError> {
         if project.is_empty() {
-            return Err(MirrorError::InvalidProject { project: project.to_owned() });
+            return Err(MirrorError::InvalidProject {
+                project: project.to_owned(),
+            });
         }
         let mut name = String::with_capacity(project.len() + 4);
         for byte in project.bytes() {
@@ -196,23 +206,43 @@ impl Mirrors {
     /// Fetches `refspecs` (see [`DEFAULT_REFSPECS`], [`merge_request_refspec`]) from `url` into
     /// the project's mirror, creating it first if needed, and prunes branches and tags deleted
     /// upstream. Waits while another fetch of the same project runs.
-    pub fn fetch(&self, project: &str, url: &str, creds: &Credentials, refspecs: &[&str]) -> Result<(), MirrorError> {
+    pub fn fetch(
+        &self,
+        project: &str,
+        url: &str,
+        creds: &Credentials,
+        refspecs: &[&str],
+    ) -> Result<(), MirrorError> {
         let path = self.path(project)?;
         let lock = self.lock_for(project);
         let _fetching = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let repo = Repository::open_bare(&path).or_else(|_| Repository::init_bare(&path)).map_err(|e| {
-            MirrorError::Open { project: project.to_owned(), path: path.clone(), message: e.message().to_owned() }
-        })?;
+        let repo = Repository::open_bare(&path)
+            .or_else(|_| Repository::init_bare(&path))
+            .map_err(|e| MirrorError::Open {
+                project: project.to_owned(),
+                path: path.clone(),
+                message: e.message().to_owned(),
+            })?;
         let scrub = Scrubber::new(url, creds);
         let fetch_error = |e: git2::Error, auth: bool| {
             let (url, message) = (redact_url(url), scrub.clean(e.message()));
             if auth || e.code() == ErrorCode::Auth {
-                MirrorError::Auth { project: project.to_owned(), url, message }
+                MirrorError::Auth {
+                    project: project.to_owned(),
+                    url,
+                    message,
+                }
             } else {
-                MirrorError::Fetch { project: project.to_owned(), url, message }
+                MirrorError::Fetch {
+                    project: project.to_owned(),
+                    url,
+                    message,
+                }
             }
         };
-        let mut remote = repo.remote_anonymous(url).map_err(|e| fetch_error(e, false))?;
+        let mut remote = repo
+            .remote_anonymous(url)
+            .map_err(|e| fetch_error(e, false))?;
         let mut auth_failed = false;
         let result = {
             let mut options = FetchOptions::new();
@@ -231,12 +261,25 @@ impl Mirrors {
     /// # Errors
     ///
     /// [`MirrorError::CommitNotFound`] when the commit is still missing after the fetch.
-    pub fn ensure_commit(&self, project: &str, url: &str, creds: &Credentials, sha: &str) -> Result<(), MirrorError> {
+    pub fn ensure_commit(
+        &self,
+        project: &str,
+        url: &str,
+        creds: &Credentials,
+        sha: &str,
+    ) -> Result<(), MirrorError> {
         self.ensure_commit_with(project, url, creds, &DEFAULT_REFSPECS, sha)
     }
 
     /// [`Mirrors::ensure_commit`] fetching `refspecs` (say, with a merge request's head).
-    pub fn ensure_commit_with(&self, project: &str, url: &str, creds: &Credentials, refspecs: &[&str], sha: &str) -> Result<(), MirrorError> {
+    pub fn ensure_commit_with(
+        &self,
+        project: &str,
+        url: &str,
+        creds: &Credentials,
+        refspecs: &[&str],
+        sha: &str,
+    ) -> Result<(), MirrorError> {
         let oid = parse_sha(sha)?;
         if self.has_commit(project, oid)? {
             return Ok(());
@@ -255,11 +298,17 @@ impl Mirrors {
     /// Every `*.yaml` / `*.yml` regular file under `.ferry/` (recursively) at commit `sha`, with
     /// its path from the repository root (`.ferry/train.yaml`), sorted by path. Symbolic links and
     /// submodules are skipped. No `.ferry/` gives an empty list.
-    pub fn pipeline_files(&self, project: &str, sha: &str) -> Result<Vec<(String, Vec<u8>)>, MirrorError> {
+    pub fn pipeline_files(
+        &self,
+        project: &str,
+        sha: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, MirrorError> {
         let repo = self.open(project)?;
         let tree = commit(&repo, project, sha)?.tree().map_err(git(project))?;
         let dir = match tree.get_path(Path::new(PIPELINE_DIR)) {
-            Ok(entry) if entry.kind() == Some(ObjectType::Tree) => repo.find_tree(entry.id()).map_err(git(project))?,
+            Ok(entry) if entry.kind() == Some(ObjectType::Tree) => {
+                repo.find_tree(entry.id()).map_err(git(project))?
+            }
             Ok(_) => return Ok(Vec::new()),
             Err(e) if e.code() == ErrorCode::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(git(project)(e)),
@@ -284,23 +333,41 @@ impl Mirrors {
 
     /// Paths that differ between the trees of commits `base` and `head`, both sides of renames,
     /// sorted and unique.
-    pub fn changed_files(&self, project: &str, base: &str, head: &str) -> Result<Vec<String>, MirrorError> {
+    pub fn changed_files(
+        &self,
+        project: &str,
+        base: &str,
+        head: &str,
+    ) -> Result<Vec<String>, MirrorError> {
         let repo = self.open(project)?;
         let (base, head) = (commit(&repo, project, base)?, commit(&repo, project, head)?);
         diff(&repo, project, &base, &head)
     }
 
     /// The best common ancestor of commits `a` and `b`; `None` when their histories are unrelated.
-    pub fn merge_base(&self, project: &str, a: &str, b: &str) -> Result<Option<String>, MirrorError> {
+    pub fn merge_base(
+        &self,
+        project: &str,
+        a: &str,
+        b: &str,
+    ) -> Result<Option<String>, MirrorError> {
         let repo = self.open(project)?;
         let (a, b) = (commit(&repo, project, a)?, commit(&repo, project, b)?);
         Ok(merge_base(&repo, project, a.id(), b.id())?.map(|oid| oid.to_string()))
     }
 
     /// True when commit `ancestor` is `descendant` or one of its ancestors.
-    pub fn is_ancestor(&self, project: &str, ancestor: &str, descendant: &str) -> Result<bool, MirrorError> {
+    pub fn is_ancestor(
+        &self,
+        project: &str,
+        ancestor: &str,
+        descendant: &str,
+    ) -> Result<bool, MirrorError> {
         let repo = self.open(project)?;
-        let (a, d) = (commit(&repo, project, ancestor)?.id(), commit(&repo, project, descendant)?.id());
+        let (a, d) = (
+            commit(&repo, project, ancestor)?.id(),
+            commit(&repo, project, descendant)?.id(),
+        );
         Ok(a == d || repo.graph_descendant_of(d, a).map_err(git(project))?)
     }
 
@@ -323,7 +390,12 @@ impl Mirrors {
     ///   without a merge base); closed, merged and other actions: [`Changes::None`];
     /// - tag created: [`Changes::All`] (path filters do not apply); deletions: [`Changes::None`];
     /// - comments, re-requested checks and pings: [`Changes::None`].
-    pub fn changes_for(&self, project: &str, event: &Event, default_branch: &str) -> Result<Changes, MirrorError> {
+    pub fn changes_for(
+        &self,
+        project: &str,
+        event: &Event,
+        default_branch: &str,
+    ) -> Result<Changes, MirrorError> {
         match &event.kind {
             EventKind::BranchPush(push) => self.branch_changes(project, push, default_branch),
             EventKind::TagPush(tag) => match tag.change {
@@ -340,18 +412,31 @@ impl Mirrors {
                     let target = format!("refs/heads/{}", mr.target_branch);
                     since_base(&repo, project, resolve(&repo, project, &target)?, &head)
                 }
-                MergeRequestAction::Closed | MergeRequestAction::Merged | MergeRequestAction::Other => Ok(Changes::None),
+                MergeRequestAction::Closed
+                | MergeRequestAction::Merged
+                | MergeRequestAction::Other => Ok(Changes::None),
             },
-            EventKind::Comment(_) | EventKind::Rerequested(_) | EventKind::Ping => Ok(Changes::None),
+            EventKind::Comment(_) | EventKind::Rerequested(_) | EventKind::Ping => {
+                Ok(Changes::None)
+            }
         }
     }
 
-    fn branch_changes(&self, project: &str, push: &BranchPush, default_branch: &str) -> Result<Changes, MirrorError> {
-        let Some(after) = push.after.as_deref() else { return Ok(Changes::None) };
+    fn branch_changes(
+        &self,
+        project: &str,
+        push: &BranchPush,
+        default_branch: &str,
+    ) -> Result<Changes, MirrorError> {
+        let Some(after) = push.after.as_deref() else {
+            return Ok(Changes::None);
+        };
         let before = match push.change {
             BranchChange::Deleted => return Ok(Changes::None),
             BranchChange::Created => None,
-            BranchChange::Updated | BranchChange::ForceUpdated => push.before.as_deref().filter(|b| !is_zero(b)),
+            BranchChange::Updated | BranchChange::ForceUpdated => {
+                push.before.as_deref().filter(|b| !is_zero(b))
+            }
         };
         let repo = self.open(project)?;
         let after = commit(&repo, project, after)?;
@@ -376,10 +461,15 @@ impl Mirrors {
     fn open(&self, project: &str) -> Result<Repository, MirrorError> {
         let path = self.path(project)?;
         if !path.exists() {
-            return Err(MirrorError::NotMirrored { project: project.to_owned() });
+            return Err(MirrorError::NotMirrored {
+                project: project.to_owned(),
+            });
         }
-        Repository::open_bare(&path)
-            .map_err(|e| MirrorError::Open { project: project.to_owned(), path, message: e.message().to_owned() })
+        Repository::open_bare(&path).map_err(|e| MirrorError::Open {
+            project: project.to_owned(),
+            path,
+            message: e.message().to_owned(),
+        })
     }
 
     fn has_commit(&self, project: &str, oid: Oid) -> Result<bool, MirrorError> {
@@ -404,17 +494,23 @@ fn callbacks<'a>(creds: &'a Credentials, auth_failed: &'a mut bool) -> RemoteCal
     callbacks.credentials(move |_url, url_user, allowed| {
         let user = url_user.unwrap_or("git");
         let (kind, cred) = match creds {
-            Credentials::None => (None, "the repository asks for credentials and none are configured"),
-            Credentials::Token { .. } if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
-                (Some(CredentialType::USER_PASS_PLAINTEXT), "the forge rejected the token")
-            }
+            Credentials::None => (
+                None,
+                "the repository asks for credentials and none are configured",
+            ),
+            Credentials::Token { .. } if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => (
+                Some(CredentialType::USER_PASS_PLAINTEXT),
+                "the forge rejected the token",
+            ),
             Credentials::Token { .. } => (None, "the server does not accept a username and token"),
-            Credentials::SshAgent if allowed.contains(CredentialType::SSH_KEY) => {
-                (Some(CredentialType::SSH_KEY), "no key in the ssh-agent was accepted")
-            }
-            Credentials::SshAgent if allowed.contains(CredentialType::USERNAME) => {
-                (Some(CredentialType::USERNAME), "the server rejected the user name")
-            }
+            Credentials::SshAgent if allowed.contains(CredentialType::SSH_KEY) => (
+                Some(CredentialType::SSH_KEY),
+                "no key in the ssh-agent was accepted",
+            ),
+            Credentials::SshAgent if allowed.contains(CredentialType::USERNAME) => (
+                Some(CredentialType::USERNAME),
+                "the server rejected the user name",
+            ),
             Credentials::SshAgent => (None, "the server does not accept ssh keys"),
         };
         let Some(kind) = kind.filter(|k| !offered.contains(*k)) else {
@@ -423,7 +519,9 @@ fn callbacks<'a>(creds: &'a Credentials, auth_failed: &'a mut bool) -> RemoteCal
         };
         offered |= kind;
         match creds {
-            Credentials::Token { username, token } => Cred::userpass_plaintext(username, token.expose()),
+            Credentials::Token { username, token } => {
+                Cred::userpass_plaintext(username, token.expose())
+            }
             Credentials::SshAgent if kind == CredentialType::USERNAME => Cred::username(user),
             Credentials::SshAgent => Cred::ssh_key_from_agent(user),
             Credentials::None => Err(git2::Error::from_str(cred)),
@@ -452,7 +550,9 @@ impl Scrubber {
     }
 
     fn clean(&self, message: &str) -> String {
-        self.secrets.iter().fold(message.to_owned(), |m, secret| m.replace(secret.as_str(), "***"))
+        self.secrets.iter().fold(message.to_owned(), |m, secret| {
+            m.replace(secret.as_str(), "***")
+        })
     }
 }
 
@@ -467,7 +567,9 @@ fn url_password(url: &str) -> Option<&str> {
 /// `url` with its password replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     match url_password(url) {
-        Some(password) if !password.is_empty() => url.replacen(&format!(":{password}@"), ":***@", 1),
+        Some(password) if !password.is_empty() => {
+            url.replacen(&format!(":{password}@"), ":***@", 1)
+        }
         Some(_) | None => url.to_owned(),
     }
 }
@@ -478,17 +580,28 @@ fn is_zero(sha: &str) -> bool {
 
 fn parse_sha(sha: &str) -> Result<Oid, MirrorError> {
     if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(MirrorError::InvalidSha { sha: sha.to_owned() });
+        return Err(MirrorError::InvalidSha {
+            sha: sha.to_owned(),
+        });
     }
-    Oid::from_str(sha).map_err(|_| MirrorError::InvalidSha { sha: sha.to_owned() })
+    Oid::from_str(sha).map_err(|_| MirrorError::InvalidSha {
+        sha: sha.to_owned(),
+    })
 }
 
 fn git(project: &str) -> impl Fn(git2::Error) -> MirrorError + '_ {
-    move |e| MirrorError::Git { project: project.to_owned(), message: e.message().to_owned() }
+    move |e| MirrorError::Git {
+        project: project.to_owned(),
+        message: e.message().to_owned(),
+    }
 }
 
 /// The commit `oid` names (peeling an annotated tag), or `None` when the mirror lacks it.
-fn find_commit<'r>(repo: &'r Repository, project: &str, oid: Oid) -> Result<Option<Commit<'r>>, MirrorError> {
+fn find_commit<'r>(
+    repo: &'r Repository,
+    project: &str,
+    oid: Oid,
+) -> Result<Option<Commit<'r>>, MirrorError> {
     match repo.find_object(oid, None) {
         Ok(object) => object.peel_to_commit().map(Some).map_err(git(project)),
         Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
@@ -512,7 +625,12 @@ fn resolve(repo: &Repository, project: &str, refname: &str) -> Result<Option<Oid
     }
 }
 
-fn merge_base(repo: &Repository, project: &str, a: Oid, b: Oid) -> Result<Option<Oid>, MirrorError> {
+fn merge_base(
+    repo: &Repository,
+    project: &str,
+    a: Oid,
+    b: Oid,
+) -> Result<Option<Oid>, MirrorError> {
     match repo.merge_base(a, b) {
         Ok(oid) => Ok(Some(oid)),
         Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
@@ -522,7 +640,12 @@ fn merge_base(repo: &Repository, project: &str, a: Oid, b: Oid) -> Result<Option
 
 /// merge-base(`base`, `head`)..`head`; every file of `head` when there is no base or no merge
 /// base.
-fn since_base(repo: &Repository, project: &str, base: Option<Oid>, head: &Commit<'_>) -> Result<Changes, MirrorError> {
+fn since_base(
+    repo: &Repository,
+    project: &str,
+    base: Option<Oid>,
+    head: &Commit<'_>,
+) -> Result<Changes, MirrorError> {
     let merge = match base {
         Some(base) => merge_base(repo, project, base, head.id())?,
         None => None,
@@ -533,14 +656,29 @@ fn since_base(repo: &Repository, project: &str, base: Option<Oid>, head: &Commit
     }
 }
 
-fn diff_from(repo: &Repository, project: &str, base: Oid, head: &Commit<'_>) -> Result<Vec<String>, MirrorError> {
+fn diff_from(
+    repo: &Repository,
+    project: &str,
+    base: Oid,
+    head: &Commit<'_>,
+) -> Result<Vec<String>, MirrorError> {
     let base = repo.find_commit(base).map_err(git(project))?;
     diff(repo, project, &base, head)
 }
 
-fn diff(repo: &Repository, project: &str, base: &Commit<'_>, head: &Commit<'_>) -> Result<Vec<String>, MirrorError> {
-    let (old, new) = (base.tree().map_err(git(project))?, head.tree().map_err(git(project))?);
-    let diff = repo.diff_tree_to_tree(Some(&old), Some(&new), None).map_err(git(project))?;
+fn diff(
+    repo: &Repository,
+    project: &str,
+    base: &Commit<'_>,
+    head: &Commit<'_>,
+) -> Result<Vec<String>, MirrorError> {
+    let (old, new) = (
+        base.tree().map_err(git(project))?,
+        head.tree().map_err(git(project))?,
+    );
+    let diff = repo
+        .diff_tree_to_tree(Some(&old), Some(&new), None)
+        .map_err(git(project))?;
     let mut paths = BTreeSet::new();
     for delta in diff.deltas() {
         for file in [delta.old_file(), delta.new_file()] {
@@ -553,9 +691,16 @@ fn diff(repo: &Repository, project: &str, base: &Commit<'_>, head: &Commit<'_>) 
 }
 
 /// Every file (and submodule) path in `commit`'s tree, sorted.
-fn tree_files(repo: &Repository, project: &str, commit: &Commit<'_>) -> Result<Vec<String>, MirrorError> {
+fn tree_files(
+    repo: &Repository,
+    project: &str,
+    commit: &Commit<'_>,
+) -> Result<Vec<String>, MirrorError> {
     let tree = commit.tree().map_err(git(project))?;
-    let mut paths: Vec<String> = blobs(repo, project, &tree, "", true)?.into_iter().map(|(path, _)| path).collect();
+    let mut paths: Vec<String> = blobs(repo, project, &tree, "", true)?
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
     paths.sort();
     Ok(paths)
 }
@@ -563,15 +708,26 @@ fn tree_files(repo: &Repository, project: &str, commit: &Commit<'_>) -> Result<V
 /// `(path, id)` of the files under `tree`, paths prefixed with `prefix`: regular files, plus
 /// symbolic links and submodules when `every_kind`. Walks with an explicit stack (no recursion,
 /// and no panic on names that are not UTF-8).
-fn blobs(repo: &Repository, project: &str, tree: &Tree<'_>, prefix: &str, every_kind: bool) -> Result<Vec<(String, Oid)>, MirrorError> {
+fn blobs(
+    repo: &Repository,
+    project: &str,
+    tree: &Tree<'_>,
+    prefix: &str,
+    every_kind: bool,
+) -> Result<Vec<(String, Oid)>, MirrorError> {
     let mut out = Vec::new();
     let mut pending = vec![(prefix.to_owned(), tree.clone())];
     while let Some((dir, tree)) = pending.pop() {
         for entry in tree.iter() {
             let path = format!("{dir}{}", String::from_utf8_lossy(entry.name_bytes()));
             match entry.kind() {
-                Some(ObjectType::Tree) => pending.push((format!("{path}/"), repo.find_tree(entry.id()).map_err(git(project))?)),
-                Some(ObjectType::Blob) if every_kind || is_regular(entry.filemode()) => out.push((path, entry.id())),
+                Some(ObjectType::Tree) => pending.push((
+                    format!("{path}/"),
+                    repo.find_tree(entry.id()).map_err(git(project))?,
+                )),
+                Some(ObjectType::Blob) if every_kind || is_regular(entry.filemode()) => {
+                    out.push((path, entry.id()))
+                }
                 Some(ObjectType::Commit) if every_kind => out.push((path, entry.id())),
                 Some(_) | None => {}
             }

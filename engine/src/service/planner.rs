@@ -52,7 +52,12 @@ pub struct Planner {
 
 impl Planner {
     /// A planner keeping mirrors under `data_dir/mirrors`, cloning without credentials.
-    pub fn new(store: Store, config: Arc<Config>, profile: Arc<Profile>, data_dir: PathBuf) -> Planner {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        profile: Arc<Profile>,
+        data_dir: PathBuf,
+    ) -> Planner {
         Planner {
             store,
             config,
@@ -63,7 +68,10 @@ impl Planner {
     }
 
     /// Uses `f` to find each project's clone credentials (read from the environment at the edge).
-    pub fn with_credentials(mut self, f: impl Fn(&ProjectConfig) -> Credentials + Send + Sync + 'static) -> Planner {
+    pub fn with_credentials(
+        mut self,
+        f: impl Fn(&ProjectConfig) -> Credentials + Send + Sync + 'static,
+    ) -> Planner {
         self.credentials = Arc::new(f);
         self
     }
@@ -89,7 +97,11 @@ impl Planner {
 
     async fn until_next_due(&self) -> Duration {
         match self.store.next_event_due_at().await {
-            Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0).clamp(10, 60_000)),
+            Ok(Some(at)) => Duration::from_millis(
+                u64::try_from(at - now_millis())
+                    .unwrap_or(0)
+                    .clamp(10, 60_000),
+            ),
             Ok(None) | Err(_) => Duration::from_secs(60),
         }
     }
@@ -125,24 +137,46 @@ impl Planner {
     async fn failed(&self, stored: &StoredEvent, error: &PlanError) -> Result<(), StoreError> {
         let backoff = (1_000i64 << stored.attempts.clamp(0, 20)).min(MAX_BACKOFF_MS);
         tracing::warn!(event.id = stored.id.0, project = %stored.project, attempts = stored.attempts + 1, retry_in_ms = backoff, error = %error, "planning failed; will retry");
-        self.store.mark_event_failed_attempt(stored.id, &error.to_string(), now_millis() + backoff).await?;
+        self.store
+            .mark_event_failed_attempt(stored.id, &error.to_string(), now_millis() + backoff)
+            .await?;
         Ok(())
     }
 
     async fn plan_one(&self, stored: &StoredEvent) -> Result<(), PlanError> {
-        let project = self.config.project(&stored.project).ok_or_else(|| PlanError::UnknownProject(stored.project.clone()))?;
+        let project = self
+            .config
+            .project(&stored.project)
+            .ok_or_else(|| PlanError::UnknownProject(stored.project.clone()))?;
         if let Some(target) = Target::of(&stored.event) {
-            let created = self.plan_target(project, stored.id, &stored.event, &target).await?;
+            let created = self
+                .plan_target(project, stored.id, &stored.event, &target)
+                .await?;
             tracing::info!(event.id = stored.id.0, project = %project.name, sha = %target.sha, runs = created, "event planned");
         }
         self.store.mark_event_planned(stored.id).await?;
         Ok(())
     }
 
-    async fn plan_target(&self, project: &ProjectConfig, event_id: EventId, event: &Event, target: &Target) -> Result<usize, PlanError> {
+    async fn plan_target(
+        &self,
+        project: &ProjectConfig,
+        event_id: EventId,
+        event: &Event,
+        target: &Target,
+    ) -> Result<usize, PlanError> {
         let mirrors = self.mirrors.clone();
-        let (p, creds, ev, tgt) = (project.clone(), (self.credentials)(project), event.clone(), target.clone());
-        let default_branch = project.default_branch.clone().or_else(|| default_branch_of(event)).unwrap_or_else(|| "main".into());
+        let (p, creds, ev, tgt) = (
+            project.clone(),
+            (self.credentials)(project),
+            event.clone(),
+            target.clone(),
+        );
+        let default_branch = project
+            .default_branch
+            .clone()
+            .or_else(|| default_branch_of(event))
+            .unwrap_or_else(|| "main".into());
         let read = tokio::task::spawn_blocking(move || -> Result<Read, MirrorError> {
             let refspecs = refspecs(ev.forge, tgt.mr);
             let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
@@ -166,17 +200,39 @@ impl Planner {
         for p in &loaded.pipelines {
             if let Match::Run { trigger } = matching::matches(p, event, &read.changes) {
                 let yaml = text_of(&read.files, &p.file);
-                let mut run = target.new_run(project, event_id, trigger, &p.name, &p.file, yaml, Vec::new(), p.steps.iter().map(|s| s.name.clone()).collect());
-                run.params = p.params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                let mut run = target.new_run(
+                    project,
+                    event_id,
+                    trigger,
+                    &p.name,
+                    &p.file,
+                    yaml,
+                    Vec::new(),
+                    p.steps.iter().map(|s| s.name.clone()).collect(),
+                );
+                run.params = p
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
                 created += usize::from(self.store.create_run(&run).await?.1);
             }
         }
-        created += self.failed_runs(project, event_id, target, &read.files, &loaded.problems).await?;
+        created += self
+            .failed_runs(project, event_id, target, &read.files, &loaded.problems)
+            .await?;
         Ok(created)
     }
 
     /// One failed run per invalid file, carrying its problems.
-    async fn failed_runs(&self, project: &ProjectConfig, event_id: EventId, target: &Target, files: &[(String, Vec<u8>)], problems: &[crate::problem::Problem]) -> Result<usize, PlanError> {
+    async fn failed_runs(
+        &self,
+        project: &ProjectConfig,
+        event_id: EventId,
+        target: &Target,
+        files: &[(String, Vec<u8>)],
+        problems: &[crate::problem::Problem],
+    ) -> Result<usize, PlanError> {
         let mut created = 0;
         let mut by_file: Vec<(&str, Vec<crate::problem::Problem>)> = Vec::new();
         for p in problems {
@@ -186,8 +242,21 @@ impl Planner {
             }
         }
         for (file, list) in by_file {
-            let name = std::path::Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or(file).to_owned();
-            let mut run = target.new_run(project, event_id, target.trigger, &name, file, text_of(files, file), list, Vec::new());
+            let name = std::path::Path::new(file)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or(file)
+                .to_owned();
+            let mut run = target.new_run(
+                project,
+                event_id,
+                target.trigger,
+                &name,
+                file,
+                text_of(files, file),
+                list,
+                Vec::new(),
+            );
             run.initial = RunState::Failed;
             created += usize::from(self.store.create_run(&run).await?.1);
         }
@@ -203,19 +272,28 @@ struct Read {
 }
 
 fn text_of(files: &[(String, Vec<u8>)], file: &str) -> String {
-    files.iter().find(|(f, _)| f == file).map(|(_, b)| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+    files
+        .iter()
+        .find(|(f, _)| f == file)
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
 }
 
 fn default_branch_of(event: &Event) -> Option<String> {
     match &event.kind {
         Ev::BranchPush(p) => p.default_branch.clone(),
-        Ev::TagPush(_) | Ev::MergeRequest(_) | Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => None,
+        Ev::TagPush(_) | Ev::MergeRequest(_) | Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => {
+            None
+        }
     }
 }
 
 /// Branches, tags, and the merge request's head when there is one (forks push there only).
 fn refspecs(forge: ForgeKind, mr: Option<u64>) -> Vec<String> {
-    let mut specs = vec!["+refs/heads/*:refs/heads/*".to_owned(), "+refs/tags/*:refs/tags/*".to_owned()];
+    let mut specs = vec![
+        "+refs/heads/*:refs/heads/*".to_owned(),
+        "+refs/tags/*:refs/tags/*".to_owned(),
+    ];
     if let Some(n) = mr {
         specs.push(match forge {
             ForgeKind::Gitlab => format!("+refs/merge-requests/{n}/head:refs/ferry/mr/{n}"),
@@ -262,7 +340,10 @@ impl Target {
                 scope: format!("tag:{}", t.tag),
             }),
             Ev::MergeRequest(m) => match m.action {
-                MergeRequestAction::Opened | MergeRequestAction::Updated | MergeRequestAction::Reopened | MergeRequestAction::ReadyForReview => Some(Target {
+                MergeRequestAction::Opened
+                | MergeRequestAction::Updated
+                | MergeRequestAction::Reopened
+                | MergeRequestAction::ReadyForReview => Some(Target {
                     sha: m.head_sha.clone(),
                     git_ref: format!("refs/ferry/mr/{}", m.number),
                     branch: Some(m.source_branch.clone()),
@@ -272,14 +353,29 @@ impl Target {
                     message: m.head_message.clone(),
                     scope: format!("mr:{}", m.number),
                 }),
-                MergeRequestAction::Closed | MergeRequestAction::Merged | MergeRequestAction::Other => None,
+                MergeRequestAction::Closed
+                | MergeRequestAction::Merged
+                | MergeRequestAction::Other => None,
             },
             Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => None,
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "a run row has this many independent parts")]
-    fn new_run(&self, project: &ProjectConfig, event_id: EventId, trigger: Trigger, pipeline: &str, path: &str, yaml: String, problems: Vec<crate::problem::Problem>, steps: Vec<String>) -> NewRun {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a run row has this many independent parts"
+    )]
+    fn new_run(
+        &self,
+        project: &ProjectConfig,
+        event_id: EventId,
+        trigger: Trigger,
+        pipeline: &str,
+        path: &str,
+        yaml: String,
+        problems: Vec<crate::problem::Problem>,
+        steps: Vec<String>,
+    ) -> NewRun {
         NewRun {
             project: project.name.clone(),
             pipeline: pipeline.to_owned(),

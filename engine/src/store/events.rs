@@ -6,8 +6,8 @@
 //! [`Store::mark_event_planned`], or [`Store::mark_event_failed_attempt`] with a retry time. An
 //! event that fails [`MAX_EVENT_ATTEMPTS`] times becomes `failed` and is not retried.
 
-use crate::store::Pools;
 use crate::event::{Event, ForgeKind};
+use crate::store::Pools;
 
 use super::states::EventState;
 use super::{
@@ -139,15 +139,24 @@ async fn group_commit(
     row: EventRow,
 ) -> Result<Inserted, StoreError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    queue.lock().map_err(|_| StoreError::Corrupt("event queue lock poisoned".into()))?.push(PendingInsert { row, reply });
+    queue
+        .lock()
+        .map_err(|_| StoreError::Corrupt("event queue lock poisoned".into()))?
+        .push(PendingInsert { row, reply });
     {
         let _guard = write.lock().await;
-        let batch = std::mem::take(&mut *queue.lock().map_err(|_| StoreError::Corrupt("event queue lock poisoned".into()))?);
+        let batch = std::mem::take(
+            &mut *queue
+                .lock()
+                .map_err(|_| StoreError::Corrupt("event queue lock poisoned".into()))?,
+        );
         if !batch.is_empty() {
             commit_batch(pool, batch).await;
         }
     }
-    answer.await.map_err(|_| StoreError::Corrupt("group commit dropped a delivery".into()))?
+    answer
+        .await
+        .map_err(|_| StoreError::Corrupt("group commit dropped a delivery".into()))?
 }
 
 async fn commit_batch(pool: &sqlx::SqlitePool, batch: Vec<PendingInsert>) {
@@ -192,7 +201,13 @@ impl Store {
         event: &Event,
     ) -> Result<Inserted, StoreError> {
         let json = serde_json::to_string(event)?;
-        let row = EventRow { project: project.to_owned(), forge, key: delivery_key.to_owned(), json, now: now_millis() };
+        let row = EventRow {
+            project: project.to_owned(),
+            forge,
+            key: delivery_key.to_owned(),
+            json,
+            now: now_millis(),
+        };
         match &self.pools {
             Pools::Sqlite { pool, write, queue } => group_commit(pool, write, queue, row).await,
             Pools::Postgres(_) => {
@@ -219,7 +234,9 @@ impl Store {
     /// The number of stored events (every state).
     pub async fn event_count(&self) -> Result<i64, StoreError> {
         with_pool!(self, |pool| {
-            let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events").fetch_one(pool).await?;
+            let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+                .fetch_one(pool)
+                .await?;
             Ok(row.0)
         })
     }

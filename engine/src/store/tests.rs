@@ -286,7 +286,11 @@ async fn pending_events_retries_and_planning() {
             .iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(p1, vec![ids[0], ids[2]], "still in order; the first is not due");
+        assert_eq!(
+            p1,
+            vec![ids[0], ids[2]],
+            "still in order; the first is not due"
+        );
         let e0 = s.event_by_id(ids[0]).await.expect("get").expect("stored");
         assert_eq!(
             (e0.attempts, e0.last_error.as_deref(), e0.next_attempt_at),

@@ -56,10 +56,16 @@ enum LogFormat {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config, log_format } => serve(config.as_deref(), log_format),
-        Command::Validate { path, profile } => validate(path.as_deref().unwrap_or(Path::new(".")), profile.as_deref()),
+        Command::Validate { path, profile } => validate(
+            path.as_deref().unwrap_or(Path::new(".")),
+            profile.as_deref(),
+        ),
         Command::Render(args) => render::render(args),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&pipeline::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&pipeline::json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -69,15 +75,21 @@ fn serve(config: Option<&Path>, format: LogFormat) -> Result<ExitCode> {
     init_logs(format);
     let loaded = crate::server::load_config(config, std::env::var("FERRY_DATABASE_URL").ok())?;
     let secrets = crate::server::read_secrets(&loaded.config, |var| std::env::var(var).ok())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(crate::server::serve(loaded, secrets))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -86,25 +98,39 @@ fn init_logs(format: LogFormat) {
 
 /// Reads and checks a profile file, printing its problems.
 pub(crate) fn load_profile(path: &Path) -> Result<Profile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read profile {}", path.display()))?;
-    Profile::from_yaml(&path.display().to_string(), &text).map_err(|problems| anyhow::anyhow!("invalid profile:\n{problems}"))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read profile {}", path.display()))?;
+    Profile::from_yaml(&path.display().to_string(), &text)
+        .map_err(|problems| anyhow::anyhow!("invalid profile:\n{problems}"))
 }
 
 fn validate(path: &Path, profile: Option<&Path>) -> Result<ExitCode> {
     let profile = profile.map(load_profile).transpose()?;
-    let files = pipeline::read_dir(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let files =
+        pipeline::read_dir(path).with_context(|| format!("cannot read {}", path.display()))?;
     if files.is_empty() {
         eprintln!("no pipeline files (*.yaml, *.yml) under {}", path.display());
         return Ok(ExitCode::from(1));
     }
     if profile.is_none() {
-        eprintln!("note: no --profile given; GPU types, queues, priorities, node groups, volume presets, environments and limits were not checked");
+        eprintln!(
+            "note: no --profile given; GPU types, queues, priorities, node groups, volume presets, environments and limits were not checked"
+        );
     }
     let loaded = pipeline::load_files(&files, profile.as_ref());
     for problem in &loaded.problems {
         println!("{problem}");
     }
     let bad = files.len() - loaded.pipelines.len();
-    eprintln!("{} file(s): {} valid, {} with problems", files.len(), loaded.pipelines.len(), bad);
-    Ok(if loaded.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    eprintln!(
+        "{} file(s): {} valid, {} with problems",
+        files.len(),
+        loaded.pipelines.len(),
+        bad
+    );
+    Ok(if loaded.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

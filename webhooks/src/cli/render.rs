@@ -100,7 +100,11 @@ fn find_pipeline(arg: &str) -> Result<(String, String)> {
     let files = pipeline::read_dir(Path::new(".ferry")).unwrap_or_default();
     for (file, bytes) in files {
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let stem = Path::new(&file).file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        let stem = Path::new(&file)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if stem == arg || pipeline::load(&file, &text, None).is_ok_and(|p| p.name == arg) {
             return Ok((file, text));
         }
@@ -110,17 +114,21 @@ fn find_pipeline(arg: &str) -> Result<(String, String)> {
 
 fn git(args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("git").args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
     let sha = match &args.sha {
         Some(s) => s.clone(),
-        None => git(&["rev-parse", "HEAD"]).ok_or_else(|| anyhow!("not in a git repository: pass --sha"))?,
+        None => git(&["rev-parse", "HEAD"])
+            .ok_or_else(|| anyhow!("not in a git repository: pass --sha"))?,
     };
     let repo_url = match &args.repo {
         Some(r) => r.clone(),
-        None => git(&["remote", "get-url", "origin"]).ok_or_else(|| anyhow!("no `origin` remote: pass --repo"))?,
+        None => git(&["remote", "get-url", "origin"])
+            .ok_or_else(|| anyhow!("no `origin` remote: pass --repo"))?,
     };
     let event = match args.event {
         Event::Push => EventKind::Push,
@@ -128,15 +136,28 @@ fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
         Event::MergeRequest => EventKind::MergeRequest,
         Event::Manual => EventKind::Manual,
     };
-    let given = args.git_ref.clone().or_else(|| git(&["symbolic-ref", "-q", "HEAD"])).unwrap_or_else(|| "refs/heads/main".into());
+    let given = args
+        .git_ref
+        .clone()
+        .or_else(|| git(&["symbolic-ref", "-q", "HEAD"]))
+        .unwrap_or_else(|| "refs/heads/main".into());
     let (git_ref, branch, tag) = split_ref(&given, event);
     let overrides: Vec<(String, String)> = args
         .params
         .iter()
-        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| anyhow!("--param `{kv}` is not key=value")))
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("--param `{kv}` is not key=value"))
+        })
         .collect::<Result<_>>()?;
     let params = pipeline.resolve_params(&overrides).map_err(|bad| {
-        anyhow!(bad.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        anyhow!(
+            bad.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     })?;
     Ok::<_, anyhow::Error>(RunContext {
         run_id: args.run_id,

@@ -30,7 +30,15 @@ pub async fn github(State(state): State<AppState>, headers: HeaderMap, body: Byt
 }
 
 async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: Bytes) -> Response {
-    let result = intake::receive(&state.store, &state.config, &state.secrets, forge, &Headers(&headers), &body).await;
+    let result = intake::receive(
+        &state.store,
+        &state.config,
+        &state.secrets,
+        forge,
+        &Headers(&headers),
+        &body,
+    )
+    .await;
     let (status, outcome, event) = match &result {
         Ok(Outcome::Stored { project, event }) => {
             tracing::info!(forge = forge.as_str(), project, event, "delivery stored");
@@ -46,7 +54,10 @@ async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: By
             (StatusCode::ACCEPTED, "ignored", "unknown")
         }
         Ok(Outcome::Unauthorized) => {
-            tracing::warn!(forge = forge.as_str(), "delivery refused: wrong or missing secret");
+            tracing::warn!(
+                forge = forge.as_str(),
+                "delivery refused: wrong or missing secret"
+            );
             (StatusCode::UNAUTHORIZED, "unauthorized", "unknown")
         }
         Ok(Outcome::Malformed(why)) => {
@@ -61,7 +72,11 @@ async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: By
     state.metrics.inc(
         "ferry_deliveries_total",
         "Webhook deliveries by forge, event and outcome.",
-        &[("event", event), ("forge", forge.as_str()), ("outcome", outcome)],
+        &[
+            ("event", event),
+            ("forge", forge.as_str()),
+            ("outcome", outcome),
+        ],
     );
     (status, format!("{outcome}\n")).into_response()
 }
@@ -76,5 +91,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }

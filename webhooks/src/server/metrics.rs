@@ -20,7 +20,13 @@ pub struct Metrics {
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(&self, name: &str, help: &str, labels: &[(&str, &str)]) {
-        let key = (name.to_owned(), labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        let key = (
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
         if let Ok(mut c) = self.counters.lock() {
             *c.entry(key).or_insert(0) += 1;
         }
@@ -31,8 +37,18 @@ impl Metrics {
 
     /// The value of one counter (for tests).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let key = (name.to_owned(), labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
-        self.counters.lock().ok().and_then(|c| c.get(&key).copied()).unwrap_or(0)
+        let key = (
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        self.counters
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).copied())
+            .unwrap_or(0)
     }
 
     /// Renders every counter in Prometheus text format.
@@ -47,7 +63,10 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} counter");
             }
             last = name;
-            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
             let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
         }
         out
@@ -55,7 +74,9 @@ impl Metrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -65,9 +86,23 @@ mod tests {
     #[test]
     fn renders_labelled_counters() {
         let m = Metrics::default();
-        m.inc("ferry_deliveries_total", "Webhook deliveries.", &[("forge", "gitlab"), ("outcome", "stored")]);
-        m.inc("ferry_deliveries_total", "Webhook deliveries.", &[("forge", "gitlab"), ("outcome", "stored")]);
-        assert_eq!(m.get("ferry_deliveries_total", &[("forge", "gitlab"), ("outcome", "stored")]), 2);
+        m.inc(
+            "ferry_deliveries_total",
+            "Webhook deliveries.",
+            &[("forge", "gitlab"), ("outcome", "stored")],
+        );
+        m.inc(
+            "ferry_deliveries_total",
+            "Webhook deliveries.",
+            &[("forge", "gitlab"), ("outcome", "stored")],
+        );
+        assert_eq!(
+            m.get(
+                "ferry_deliveries_total",
+                &[("forge", "gitlab"), ("outcome", "stored")]
+            ),
+            2
+        );
         assert_eq!(
             m.render(),
             "# HELP ferry_deliveries_total Webhook deliveries.\n# TYPE ferry_deliveries_total counter\nferry_deliveries_total{forge=\"gitlab\",outcome=\"stored\"} 2\n"

@@ -19,9 +19,9 @@ use axum::routing::{get, post};
 use std::collections::HashMap;
 
 use ferry_engine::config::{Config, ProjectForge};
-use ferry_engine::service::mirror::{Credentials, SecretString};
 use ferry_engine::profile::Profile;
 use ferry_engine::service::intake::{Secret, Secrets};
+use ferry_engine::service::mirror::{Credentials, SecretString};
 use ferry_engine::service::planner::Planner;
 use ferry_engine::store::Store;
 use tokio::sync::{Notify, watch};
@@ -75,26 +75,39 @@ pub fn load_config(path: Option<&Path>, database_override: Option<String>) -> Re
         (Some(p), _) => p.clone(),
         (None, Some(file)) => {
             let file = base.map_or(file.clone(), |b| b.join(file));
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read profile_file {}", file.display()))?;
-            Profile::from_yaml(&file.display().to_string(), &text).map_err(|e| anyhow!("invalid profile:\n{e}"))?
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read profile_file {}", file.display()))?;
+            Profile::from_yaml(&file.display().to_string(), &text)
+                .map_err(|e| anyhow!("invalid profile:\n{e}"))?
         }
         (None, None) => Profile::default(),
     };
-    Ok(Loaded { config, profile, source })
+    Ok(Loaded {
+        config,
+        profile,
+        source,
+    })
 }
 
 fn read_config(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-    Config::from_yaml(&path.display().to_string(), &text).map_err(|e| anyhow!("invalid config:\n{e}"))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    Config::from_yaml(&path.display().to_string(), &text)
+        .map_err(|e| anyhow!("invalid config:\n{e}"))
 }
 
 /// Reads each project's webhook secret from the environment variable it names.
 pub fn read_secrets(config: &Config, env: impl Fn(&str) -> Option<String>) -> Result<Secrets> {
     let mut secrets = Secrets::new();
     for p in &config.projects {
-        let Some(var) = &p.webhook_secret_env else { continue };
+        let Some(var) = &p.webhook_secret_env else {
+            continue;
+        };
         let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-            anyhow!("project `{}`: environment variable {var} (webhook_secret_env) is not set", p.name)
+            anyhow!(
+                "project `{}`: environment variable {var} (webhook_secret_env) is not set",
+                p.name
+            )
         })?;
         secrets.insert(p.name.clone(), Secret::new(value.into_bytes()));
     }
@@ -104,7 +117,10 @@ pub fn read_secrets(config: &Config, env: impl Fn(&str) -> Option<String>) -> Re
 /// Clone credentials per project, read once from the environment: the project's `token_env` as
 /// an https token (GitLab's user name `oauth2`, GitHub's `x-access-token`), the ssh agent for ssh
 /// URLs, nothing otherwise.
-pub fn read_credentials(config: &Config, env: impl Fn(&str) -> Option<String>) -> HashMap<String, Credentials> {
+pub fn read_credentials(
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> HashMap<String, Credentials> {
     let mut out = HashMap::new();
     for p in &config.projects {
         let ssh = p.repo.starts_with("ssh://") || (p.repo.contains('@') && !p.repo.contains("://"));
@@ -115,7 +131,10 @@ pub fn read_credentials(config: &Config, env: impl Fn(&str) -> Option<String>) -
                     ProjectForge::Github => "x-access-token",
                     ProjectForge::Gitlab | ProjectForge::None => "oauth2",
                 };
-                Credentials::Token { username: username.to_owned(), token: SecretString::new(token) }
+                Credentials::Token {
+                    username: username.to_owned(),
+                    token: SecretString::new(token),
+                }
             }
             (Some(_) | None, false) => Credentials::None,
         };
@@ -151,15 +170,31 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let Loaded { config, profile, source } = loaded;
+    let Loaded {
+        config,
+        profile,
+        source,
+    } = loaded;
     tracing::info!(config.source = %source, database = %redact_url(&config.database_url), "starting ferry");
-    let store = Store::open(&config.database_url).await.context("opening the database")?;
+    let store = Store::open(&config.database_url)
+        .await
+        .context("opening the database")?;
     let config = Arc::new(config);
     let wake = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let credentials = read_credentials(&config, |var| std::env::var(var).ok());
-    let planner = Planner::new(store.clone(), config.clone(), Arc::new(profile), PathBuf::from(&config.data_dir))
-        .with_credentials(move |p| credentials.get(&p.name).cloned().unwrap_or(Credentials::None));
+    let planner = Planner::new(
+        store.clone(),
+        config.clone(),
+        Arc::new(profile),
+        PathBuf::from(&config.data_dir),
+    )
+    .with_credentials(move |p| {
+        credentials
+            .get(&p.name)
+            .cloned()
+            .unwrap_or(Credentials::None)
+    });
     let planner_task = tokio::spawn(planner.run(wake.clone(), stop_rx));
     let state = AppState {
         config: config.clone(),
@@ -169,7 +204,9 @@ pub async fn serve_with(
         planner_wake: wake,
     };
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     tracing::info!("shutting down: waiting for the planner to finish its pass");
     let _ = stop_tx.send(true);
     let _ = planner_task.await;
@@ -211,7 +248,10 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_logs() {
-        assert_eq!(redact_url("postgres://ferry:hunter2@db/ferry"), "postgres://ferry:***@db/ferry");
+        assert_eq!(
+            redact_url("postgres://ferry:hunter2@db/ferry"),
+            "postgres://ferry:***@db/ferry"
+        );
         assert_eq!(redact_url("sqlite://ferry.db"), "sqlite://ferry.db");
     }
 
@@ -224,20 +264,42 @@ mod tests {
   - { name: d, repo: https://gitlab.example.com/d.git, forge: gitlab, webhook_secret_env: S, token_env: UNSET }
 ";
         let config = Config::from_yaml("ferry.yaml", text).expect("valid");
-        let creds = read_credentials(&config, |var| (var != "UNSET").then(|| format!("{var}-value")));
-        assert_eq!(creds["a"], Credentials::Token { username: "oauth2".into(), token: SecretString::new("TOKEN_A-value".to_owned()) });
-        assert_eq!(creds["b"], Credentials::Token { username: "x-access-token".into(), token: SecretString::new("TOKEN_B-value".to_owned()) });
+        let creds = read_credentials(&config, |var| {
+            (var != "UNSET").then(|| format!("{var}-value"))
+        });
+        assert_eq!(
+            creds["a"],
+            Credentials::Token {
+                username: "oauth2".into(),
+                token: SecretString::new("TOKEN_A-value".to_owned())
+            }
+        );
+        assert_eq!(
+            creds["b"],
+            Credentials::Token {
+                username: "x-access-token".into(),
+                token: SecretString::new("TOKEN_B-value".to_owned())
+            }
+        );
         assert_eq!(creds["c"], Credentials::SshAgent);
         assert_eq!(creds["d"], Credentials::None);
-        assert!(!format!("{:?}", creds["a"]).contains("TOKEN_A-value"), "tokens never print");
+        assert!(
+            !format!("{:?}", creds["a"]).contains("TOKEN_A-value"),
+            "tokens never print"
+        );
     }
 
     #[test]
     fn missing_secret_env_names_the_variable() {
         let text = "projects:\n  - { name: resnet, repo: https://x/y.git, forge: gitlab, webhook_secret_env: RESNET_SECRET }\n";
         let config = Config::from_yaml("ferry.yaml", text).expect("valid");
-        let err = read_secrets(&config, |_| None).expect_err("missing").to_string();
-        assert_eq!(err, "project `resnet`: environment variable RESNET_SECRET (webhook_secret_env) is not set");
+        let err = read_secrets(&config, |_| None)
+            .expect_err("missing")
+            .to_string();
+        assert_eq!(
+            err,
+            "project `resnet`: environment variable RESNET_SECRET (webhook_secret_env) is not set"
+        );
         let ok = read_secrets(&config, |_| Some("s3cret".into())).expect("set");
         assert_eq!(ok["resnet"].expose(), b"s3cret");
     }
