@@ -71,8 +71,11 @@ async fn post(app: &Router, path: &str, headers: &[(String, String)], body: Vec<
 /// Request headers as (name, value).
 type Headers = Vec<(String, String)>;
 
-/// (file, forge path, headers, body) for every fixture in index.json.
-fn fixtures() -> Option<Vec<(String, String, Headers, Vec<u8>)>> {
+/// One fixture delivery: (file, forge path, headers, body).
+type Delivery = (String, String, Headers, Vec<u8>);
+
+/// Every fixture in index.json.
+fn fixtures() -> Option<Vec<Delivery>> {
     let dir = shared_fixtures_dir()?;
     let index: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).expect("index"))
