@@ -11,6 +11,10 @@ use ferry_engine::pipeline::{self, EventKind};
 use ferry_engine::profile::Profile;
 use ferry_engine::render::{Renderer, RunContext};
 
+/// The allocator the `ferry` binary uses (webhooks/src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PROFILE: &str = include_str!("../../examples/profile.yaml");
 const PIPELINE: &str = include_str!("../../examples/pipelines/train-eval-deploy.yaml");
 
@@ -42,6 +46,12 @@ fn bench(c: &mut Criterion) {
             renderer
                 .render(black_box(&pipeline), &profile, &ctx)
                 .expect("renders")
+        })
+    });
+    c.bench_function("render train-eval-deploy, first run (skeleton not cached)", |b| {
+        b.iter(|| {
+            renderer.clear_cache();
+            renderer.render(black_box(&pipeline), &profile, &ctx).expect("renders")
         })
     });
     c.bench_function("load + validate train-eval-deploy", |b| {

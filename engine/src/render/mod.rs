@@ -247,6 +247,13 @@ impl Renderer {
         Ok(Rendered { manifest, skipped })
     }
 
+    /// Forgets every cached skeleton (the next render of each pipeline takes the full path).
+    pub fn clear_cache(&self) {
+        if let Ok(mut cache) = self.skeletons.lock() {
+            cache.clear();
+        }
+    }
+
     /// The rendered skeleton for this pipeline, profile and skip set, from the cache or made now.
     fn skeleton(
         &self,
