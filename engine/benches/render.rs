@@ -48,12 +48,17 @@ fn bench(c: &mut Criterion) {
                 .expect("renders")
         })
     });
-    c.bench_function("render train-eval-deploy, first run (skeleton not cached)", |b| {
-        b.iter(|| {
-            renderer.clear_cache();
-            renderer.render(black_box(&pipeline), &profile, &ctx).expect("renders")
-        })
-    });
+    c.bench_function(
+        "render train-eval-deploy, first run (skeleton not cached)",
+        |b| {
+            b.iter(|| {
+                renderer.clear_cache();
+                renderer
+                    .render(black_box(&pipeline), &profile, &ctx)
+                    .expect("renders")
+            })
+        },
+    );
     c.bench_function("load + validate train-eval-deploy", |b| {
         b.iter(|| {
             pipeline::load(

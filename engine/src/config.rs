@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::event::ForgeKind;
-use crate::problem::{Problem, Problems};
+use crate::problem::Problems;
 use crate::profile::Profile;
-use crate::yaml::{self, SourceMap};
+use crate::yaml;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -207,23 +207,7 @@ impl Config {
         if problems.is_empty() {
             return Ok(config);
         }
-        let map = SourceMap::build(text);
-        let list = problems
-            .into_iter()
-            .map(|(path, message)| {
-                let (line, column) = map.locate(&path);
-                Problem {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    path,
-                    message,
-                }
-            })
-            .collect::<Vec<_>>();
-        let mut list = list;
-        list.sort_by_key(|p: &Problem| (p.line, p.column));
-        Err(Problems(list))
+        Err(yaml::locate(file, text, problems))
     }
 
     /// The project whose `repo` is one of `urls`.

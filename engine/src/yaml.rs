@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde::de::DeserializeOwned;
 use serde_saphyr::granit_parser::{Event, Parser};
 
-use crate::problem::{Problem, did_you_mean};
+use crate::problem::{Problem, Problems, did_you_mean};
 
 /// Largest pipeline or profile file ferry reads.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -134,6 +134,34 @@ fn improve_message(message: &str) -> String {
         Some(best) => format!("{message}; did you mean `{best}`?"),
         None => message.to_owned(),
     }
+}
+
+/// Turns problems found after parsing — (field path, message) pairs — into positioned
+/// [`Problem`]s of `file`, sorted by position. A path ending in `@key` points at the field name
+/// rather than its value (for names that are wrong as names).
+pub fn locate(file: &str, text: &str, raw: Vec<(String, String)>) -> Problems {
+    let map = SourceMap::build(text);
+    let mut problems: Vec<Problem> = raw
+        .into_iter()
+        .map(|(path, message)| {
+            let (path, (line, column)) = match path.strip_suffix("@key") {
+                Some(p) => (p.to_owned(), map.locate_key(p)),
+                None => {
+                    let at = map.locate(&path);
+                    (path, at)
+                }
+            };
+            Problem {
+                file: file.to_owned(),
+                line,
+                column,
+                path,
+                message,
+            }
+        })
+        .collect();
+    problems.sort_by_key(|p| (p.line, p.column));
+    Problems(problems)
 }
 
 /// Positions of the fields of one YAML document.

@@ -18,7 +18,7 @@ pub use validate::{is_dns_label, is_dns_subdomain};
 
 use crate::problem::{Problem, Problems};
 use crate::profile::Profile;
-use crate::yaml::{self, SourceMap};
+use crate::yaml;
 
 /// Parses and validates one pipeline file.
 ///
@@ -29,31 +29,7 @@ pub fn load(file: &str, text: &str, profile: Option<&Profile>) -> Result<Pipelin
         p.fingerprint = crate::render::fingerprint(&format!("{file}\n{text}"));
         p
     });
-    validated.map_err(|raw| {
-        let map = SourceMap::build(text);
-        let mut problems: Vec<Problem> = raw
-            .into_iter()
-            .map(|(path, message)| {
-                // A path ending in `@key` points at the field name rather than its value.
-                let (path, (line, column)) = match path.strip_suffix("@key") {
-                    Some(p) => (p.to_owned(), map.locate_key(p)),
-                    None => {
-                        let at = map.locate(&path);
-                        (path, at)
-                    }
-                };
-                Problem {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    path,
-                    message,
-                }
-            })
-            .collect();
-        problems.sort_by_key(|p| (p.line, p.column));
-        Problems(problems)
-    })
+    validated.map_err(|raw| yaml::locate(file, text, raw))
 }
 
 /// Pipelines read from a set of files, and the problems of those that failed.

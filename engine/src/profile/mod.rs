@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::problem::{Problem, Problems};
+use crate::problem::Problems;
 use crate::quantity::parse_duration;
-use crate::yaml::{self, SourceMap};
+use crate::yaml;
 
 /// Image that clones the repository in distributed steps when the profile names none.
 pub const DEFAULT_GIT_IMAGE: &str = "alpine/git:2.47.2";
@@ -206,21 +206,7 @@ impl Profile {
         if problems.is_empty() {
             return Ok(profile);
         }
-        let map = SourceMap::build(text);
-        let problems = problems
-            .into_iter()
-            .map(|(path, message)| {
-                let (line, column) = map.locate(&path);
-                Problem {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    path,
-                    message,
-                }
-            })
-            .collect();
-        Err(Problems(problems))
+        Err(yaml::locate(file, text, problems))
     }
 
     /// The longest step timeout in seconds, when limited.

@@ -20,13 +20,7 @@ pub struct Metrics {
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(&self, name: &str, help: &str, labels: &[(&str, &str)]) {
-        let key = (
-            name.to_owned(),
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
+        let key = series(name, labels);
         if let Ok(mut c) = self.counters.lock() {
             *c.entry(key).or_insert(0) += 1;
         }
@@ -37,13 +31,7 @@ impl Metrics {
 
     /// The value of one counter (for tests).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let key = (
-            name.to_owned(),
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
+        let key = series(name, labels);
         self.counters
             .lock()
             .ok()
@@ -71,6 +59,14 @@ impl Metrics {
         }
         out
     }
+}
+
+fn series(name: &str, labels: &[(&str, &str)]) -> Series {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    (name.to_owned(), labels)
 }
 
 fn escape(v: &str) -> String {
