@@ -262,13 +262,12 @@ pub fn arguments(manifest: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Replaces each `{{=toJson(workflow.parameters['X'])}}` in a resource manifest with `""`;
-/// returns the text and the names `X` in order.
-pub fn strip_arg_expressions(manifest: &str) -> (String, Vec<String>) {
+/// Replaces each `{{=toJson(workflow.parameters['X'])}}` in a resource manifest with
+/// `with(X)`.
+fn replace_arg_expressions(manifest: &str, mut with: impl FnMut(&str) -> String) -> String {
     const OPEN: &str = "{{=toJson(workflow.parameters['";
     const CLOSE: &str = "'])}}";
     let mut out = String::with_capacity(manifest.len());
-    let mut names = Vec::new();
     let mut rest = manifest;
     while let Some(start) = rest.find(OPEN) {
         out.push_str(&rest[..start]);
@@ -276,19 +275,27 @@ pub fn strip_arg_expressions(manifest: &str) -> (String, Vec<String>) {
         let end = after
             .find(CLOSE)
             .unwrap_or_else(|| panic!("unterminated toJson expression in: {after}"));
-        names.push(after[..end].to_owned());
-        out.push_str("\"\"");
+        out.push_str(&with(&after[..end]));
         rest = &after[end + CLOSE.len()..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Replaces each `{{=toJson(workflow.parameters['X'])}}` in a resource manifest with `""`;
+/// returns the text and the names `X` in order.
+pub fn strip_arg_expressions(manifest: &str) -> (String, Vec<String>) {
+    let mut names = Vec::new();
+    let out = replace_arg_expressions(manifest, |name| {
+        names.push(name.to_owned());
+        "\"\"".to_owned()
+    });
     (out, names)
 }
 
 /// Does what Argo does to a resource manifest: replaces each
 /// `{{=toJson(workflow.parameters['X'])}}` with the JSON encoding of argument `X` of `workflow`.
 pub fn substitute_arguments(manifest: &str, workflow: &Value) -> String {
-    const OPEN: &str = "{{=toJson(workflow.parameters['";
-    const CLOSE: &str = "'])}}";
     let args: BTreeMap<String, String> = workflow["spec"]["arguments"]["parameters"]
         .as_array()
         .map(|a| {
@@ -302,23 +309,12 @@ pub fn substitute_arguments(manifest: &str, workflow: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let mut out = String::with_capacity(manifest.len());
-    let mut rest = manifest;
-    while let Some(start) = rest.find(OPEN) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + OPEN.len()..];
-        let end = after
-            .find(CLOSE)
-            .unwrap_or_else(|| panic!("unterminated toJson expression in: {after}"));
-        let name = &after[..end];
+    replace_arg_expressions(manifest, |name| {
         let value = args
             .get(name)
             .unwrap_or_else(|| panic!("argument `{name}` is not declared"));
-        out.push_str(&Value::String(value.clone()).to_string());
-        rest = &after[end + CLOSE.len()..];
-    }
-    out.push_str(rest);
-    out
+        Value::String(value.clone()).to_string()
+    })
 }
 
 /// Every `{{...}}` expression in a string (Argo template tags).

@@ -22,8 +22,6 @@ use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{EventId, NewRun, RunState, Store, StoreError, StoredEvent, now_millis};
 
-/// How many events one pass takes from a project.
-const BATCH: u32 = 32;
 /// Longest wait between planning attempts of a failing event.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
@@ -95,37 +93,38 @@ impl Planner {
         }
     }
 
+    /// How long to sleep: until the earliest due time of a project's oldest pending event.
     async fn until_next_due(&self) -> Duration {
-        match self.store.next_event_due_at().await {
-            Ok(Some(at)) => Duration::from_millis(
+        let mut due: Option<i64> = None;
+        for project in &self.config.projects {
+            if let Ok(Some(first)) = self.store.first_pending_event(&project.name).await {
+                due = Some(due.map_or(first.next_attempt_at, |d| d.min(first.next_attempt_at)));
+            }
+        }
+        match due {
+            Some(at) => Duration::from_millis(
                 u64::try_from(at - now_millis())
                     .unwrap_or(0)
                     .clamp(10, 60_000),
             ),
-            Ok(None) | Err(_) => Duration::from_secs(60),
+            None => Duration::from_secs(60),
         }
     }
 
-    /// One pass: every project with due events, each project's events in order. Returns how many
-    /// events were planned.
+    /// One pass over the configured projects, each project's events strictly in order: a project
+    /// stops at its first event that is backing off or fails now. Returns how many events were
+    /// planned.
     pub async fn plan_pending(&self) -> Result<usize, PlanError> {
         let mut planned = 0;
-        let mut blocked: Vec<String> = Vec::new();
-        while let Some(project) = self.store.next_project_with_pending_events().await? {
-            if blocked.contains(&project) {
-                break;
-            }
-            let events = self.store.pending_events(&project, BATCH).await?;
-            for stored in events {
+        for project in &self.config.projects {
+            while let Some(stored) = self.store.first_pending_event(&project.name).await? {
                 if stored.next_attempt_at > now_millis() {
-                    // Backing off: later events of this project wait behind it, in order.
                     break;
                 }
                 match self.plan_one(&stored).await {
                     Ok(()) => planned += 1,
                     Err(e) => {
                         self.failed(&stored, &e).await?;
-                        blocked.push(project.clone());
                         break;
                     }
                 }

@@ -1,7 +1,7 @@
 //! Deliveries: stored once per delivery key at intake, then planned by a worker.
 //!
 //! Intake calls [`Store::insert_event`] and answers the forge only after it returned. A planning
-//! worker finds work with [`Store::next_project_with_pending_events`] and
+//! worker finds work with [`Store::first_pending_event`] and
 //! [`Store::pending_events`] (oldest first, only those due), plans each event, then calls
 //! [`Store::mark_event_planned`], or [`Store::mark_event_failed_attempt`] with a retry time. An
 //! event that fails [`MAX_EVENT_ATTEMPTS`] times becomes `failed` and is not retried.
@@ -284,35 +284,13 @@ impl Store {
         })
     }
 
-    /// A project whose oldest pending event is due now, if any: where a planning worker should
-    /// look next. A project whose oldest event is backing off is skipped whole, which keeps order.
-    pub async fn next_project_with_pending_events(&self) -> Result<Option<String>, StoreError> {
-        with_pool!(self, |pool| {
-            let row: Option<(String,)> = sqlx::query_as(
-                "SELECT e.project FROM events e WHERE e.state = 'pending' AND e.next_attempt_at <= $1 \
-                 AND e.id = (SELECT MIN(x.id) FROM events x WHERE x.project = e.project AND x.state = 'pending') \
-                 ORDER BY e.id LIMIT 1",
-            )
-            .bind(now_millis())
-            .fetch_optional(pool)
-            .await?;
-            Ok(row.map(|(p,)| p))
-        })
-    }
-
-    /// The earliest time at which some project's oldest pending event is due (possibly in the
-    /// past), or `None` when no event is pending: how long a planning worker may sleep.
-    pub async fn next_event_due_at(&self) -> Result<Option<UnixMillis>, StoreError> {
-        with_pool!(self, |pool| {
-            let row: (Option<i64>,) =
-                sqlx::query_as(
-                    "SELECT MIN(e.next_attempt_at) FROM events e WHERE e.state = 'pending' \
-                     AND e.id = (SELECT MIN(x.id) FROM events x WHERE x.project = e.project AND x.state = 'pending')",
-                )
-                    .fetch_one(pool)
-                    .await?;
-            Ok(row.0)
-        })
+    /// The oldest pending event of `project`, due or not: events are planned in order, so while it
+    /// is backing off, the project's later events wait behind it.
+    pub async fn first_pending_event(
+        &self,
+        project: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        Ok(self.pending_events(project, 1).await?.into_iter().next())
     }
 
     /// Marks a pending event planned. Idempotent: an event already planned is left as it is.

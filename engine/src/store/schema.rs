@@ -33,12 +33,23 @@ const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_migratio
 )";
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events, runs, steps, outbox",
-    sqlite: V1_SQLITE,
-    postgres: V1_POSTGRES,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events, runs, steps, outbox",
+        sqlite: V1_SQLITE,
+        postgres: V1_POSTGRES,
+    },
+    Migration {
+        version: 2,
+        name: "oldest pending event per project",
+        sqlite: V2,
+        postgres: V2,
+    },
+];
+
+/// Planning reads each project's oldest pending event; this keeps that a lookup, not a scan.
+const V2: &str = "CREATE INDEX events_project_pending ON events (project, state, id);";
 
 const V1_SQLITE: &str = r#"
 CREATE TABLE events (

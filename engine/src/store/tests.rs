@@ -254,13 +254,8 @@ async fn pending_events_retries_and_planning() {
                 .id(),
             );
         }
-        assert_eq!(
-            s.next_project_with_pending_events()
-                .await
-                .expect("next")
-                .as_deref(),
-            Some("p1")
-        );
+        let first = s.first_pending_event("p1").await.expect("first");
+        assert_eq!(first.map(|e| e.id), Some(ids[0]));
         let p1: Vec<_> = s
             .pending_events("p1", 10)
             .await
@@ -296,23 +291,25 @@ async fn pending_events_retries_and_planning() {
             (e0.attempts, e0.last_error.as_deref(), e0.next_attempt_at),
             (1, Some("git fetch failed"), later)
         );
+        let first = s
+            .first_pending_event("p1")
+            .await
+            .expect("first")
+            .expect("some");
         assert_eq!(
-            s.next_project_with_pending_events()
-                .await
-                .expect("next")
-                .as_deref(),
-            Some("p2"),
+            (first.id, first.next_attempt_at),
+            (ids[0], later),
             "p1 waits behind its backing-off event"
         );
-        assert!(s.next_event_due_at().await.expect("due").expect("some") <= now_millis());
+        let other = s
+            .first_pending_event("p2")
+            .await
+            .expect("first")
+            .expect("some");
+        assert_eq!(other.id, ids[1], "other projects are not held back");
         s.mark_event_planned(ids[1]).await.expect("planned");
         s.mark_event_planned(ids[1]).await.expect("planned again");
-        assert_eq!(
-            s.next_project_with_pending_events().await.expect("next"),
-            None,
-            "ids[0] is not due yet, and ids[2] waits behind it"
-        );
-        assert_eq!(s.next_event_due_at().await.expect("due"), Some(later));
+        assert_eq!(s.first_pending_event("p2").await.expect("first"), None);
 
         // Up to the maximum, then failed for good.
         let mut state = EventState::Pending;
@@ -336,11 +333,11 @@ async fn pending_events_retries_and_planning() {
             Err(StoreError::Conflict { .. })
         ));
         assert_eq!(
-            s.next_project_with_pending_events()
+            s.first_pending_event("p1")
                 .await
-                .expect("next")
-                .as_deref(),
-            Some("p1"),
+                .expect("first")
+                .map(|e| e.id),
+            Some(ids[2]),
             "an event failed for good no longer blocks its project"
         );
         s.mark_event_planned(ids[2]).await.expect("planned");
@@ -444,7 +441,7 @@ async fn migrations_are_idempotent_and_survive_concurrent_starts() {
         let (a, b) = (a.expect("open a"), b.expect("open b"));
         assert_eq!(
             schema::applied_versions(&a).await.expect("versions"),
-            vec![schema::latest_version()]
+            (1..=schema::latest_version()).collect::<Vec<_>>()
         );
         assert_eq!(
             schema::migrate(&a).await.expect("again"),
@@ -455,7 +452,7 @@ async fn migrations_are_idempotent_and_survive_concurrent_starts() {
         let c = Store::open(&url).await.expect("open c");
         assert_eq!(
             schema::applied_versions(&c).await.expect("versions"),
-            vec![1]
+            (1..=schema::latest_version()).collect::<Vec<_>>()
         );
         c.close().await;
         TestDb {
