@@ -22,6 +22,8 @@ use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{EventId, NewRun, RunState, Store, StoreError, StoredEvent, now_millis};
 
+/// How long a woken planner waits for more deliveries before its pass.
+const WAKE_COALESCE: Duration = Duration::from_millis(2);
 /// Longest wait between planning attempts of a failing event.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
@@ -86,7 +88,8 @@ impl Planner {
             }
             let sleep = self.until_next_due().await;
             tokio::select! {
-                () = wake.notified() => {}
+                // A burst of deliveries wakes the planner once per pass, not once per delivery.
+                () = wake.notified() => tokio::time::sleep(WAKE_COALESCE).await,
                 () = tokio::time::sleep(sleep) => {}
                 _ = stop.changed() => {}
             }
@@ -97,8 +100,8 @@ impl Planner {
     async fn until_next_due(&self) -> Duration {
         let mut due: Option<i64> = None;
         for project in &self.config.projects {
-            if let Ok(Some(first)) = self.store.first_pending_event(&project.name).await {
-                due = Some(due.map_or(first.next_attempt_at, |d| d.min(first.next_attempt_at)));
+            if let Ok(Some(at)) = self.store.first_pending_due_at(&project.name).await {
+                due = Some(due.map_or(at, |d| d.min(at)));
             }
         }
         match due {
@@ -117,10 +120,15 @@ impl Planner {
     pub async fn plan_pending(&self) -> Result<usize, PlanError> {
         let mut planned = 0;
         for project in &self.config.projects {
-            while let Some(stored) = self.store.first_pending_event(&project.name).await? {
-                if stored.next_attempt_at > now_millis() {
-                    break;
+            loop {
+                // Cheap check first: most wakes find the oldest event of a project backing off.
+                match self.store.first_pending_due_at(&project.name).await? {
+                    Some(at) if at <= now_millis() => {}
+                    Some(_) | None => break,
                 }
+                let Some(stored) = self.store.first_pending_event(&project.name).await? else {
+                    break;
+                };
                 match self.plan_one(&stored).await {
                     Ok(()) => planned += 1,
                     Err(e) => {

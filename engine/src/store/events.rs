@@ -284,6 +284,23 @@ impl Store {
         })
     }
 
+    /// When the oldest pending event of `project` is due, if it has one (a light query for a
+    /// worker deciding whether, and how long, to wait).
+    pub async fn first_pending_due_at(
+        &self,
+        project: &str,
+    ) -> Result<Option<UnixMillis>, StoreError> {
+        with_pool!(self, |pool| {
+            let row: Option<(i64,)> = sqlx::query_as(
+                "SELECT next_attempt_at FROM events WHERE state = 'pending' AND project = $1 ORDER BY id LIMIT 1",
+            )
+            .bind(project)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(|(at,)| at))
+        })
+    }
+
     /// The oldest pending event of `project`, due or not: events are planned in order, so while it
     /// is backing off, the project's later events wait behind it.
     pub async fn first_pending_event(
