@@ -199,6 +199,25 @@ pub fn canonical_repo_url(url: &str) -> String {
     s.strip_suffix(".git").unwrap_or(s).to_owned()
 }
 
+/// The password in a URL's user info, if any.
+pub(crate) fn url_password(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, password)| password)
+}
+
+/// `url` with its password replaced by `***`, for logs and error messages (clone URLs, database
+/// URLs): the one place ferry redacts URLs.
+pub fn redact_url(url: &str) -> String {
+    match url_password(url) {
+        Some(password) if !password.is_empty() => {
+            url.replacen(&format!(":{password}@"), ":***@", 1)
+        }
+        Some(_) | None => url.to_owned(),
+    }
+}
+
 impl Config {
     /// Parses and checks a config file.
     pub fn from_yaml(file: &str, text: &str) -> Result<Config, Problems> {

@@ -227,13 +227,18 @@ impl Pipeline {
 
     /// Every step index that `index` depends on, directly or not.
     pub fn ancestors(&self, index: usize) -> Vec<usize> {
-        let mut seen = vec![false; self.steps.len()];
-        let mut stack = self.steps[index].needs.clone();
-        while let Some(i) = stack.pop() {
-            if !std::mem::replace(&mut seen[i], true) {
-                stack.extend(&self.steps[i].needs);
-            }
-        }
-        (0..self.steps.len()).filter(|i| seen[*i]).collect()
+        ancestors(&self.steps, index)
     }
+}
+
+/// Every index in `steps` that step `index` needs, directly or not, in ascending order.
+pub(crate) fn ancestors(steps: &[Step], index: usize) -> Vec<usize> {
+    let mut seen = vec![false; steps.len()];
+    let mut stack = steps[index].needs.clone();
+    while let Some(i) = stack.pop() {
+        if i < steps.len() && !std::mem::replace(&mut seen[i], true) {
+            stack.extend(&steps[i].needs);
+        }
+    }
+    (0..steps.len()).filter(|i| seen[*i]).collect()
 }

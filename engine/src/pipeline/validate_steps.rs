@@ -331,7 +331,7 @@ impl Checker<'_> {
                     continue;
                 }
             };
-            let ancestors: Vec<(usize, &str, bool)> = ancestors_of(steps, i)
+            let ancestors: Vec<(usize, &str, bool)> = super::super::model::ancestors(steps, i)
                 .into_iter()
                 .map(|a| (a, steps[a].name.as_str(), steps[a].metrics.is_some()))
                 .collect();
@@ -347,17 +347,6 @@ impl Checker<'_> {
             }
         }
     }
-}
-
-fn ancestors_of(steps: &[Step], index: usize) -> Vec<usize> {
-    let mut seen = vec![false; steps.len()];
-    let mut stack = steps[index].needs.clone();
-    while let Some(i) = stack.pop() {
-        if i < steps.len() && !std::mem::replace(&mut seen[i], true) {
-            stack.extend(&steps[i].needs);
-        }
-    }
-    (0..steps.len()).filter(|i| seen[*i]).collect()
 }
 
 fn merge_env(

@@ -21,6 +21,8 @@ use git2::{
 };
 
 pub use super::matching::Changes;
+pub use crate::config::redact_url;
+use crate::config::url_password;
 use crate::event::{
     BranchChange, BranchPush, Event, EventKind, ForgeKind, MergeRequestAction, TagChange,
 };
@@ -557,23 +559,6 @@ impl Scrubber {
 }
 
 /// The password in `scheme://user:password@host/...`, if any.
-fn url_password(url: &str) -> Option<&str> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, password)| password)
-}
-
-/// `url` with its password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    match url_password(url) {
-        Some(password) if !password.is_empty() => {
-            url.replacen(&format!(":{password}@"), ":***@", 1)
-        }
-        Some(_) | None => url.to_owned(),
-    }
-}
-
 fn is_zero(sha: &str) -> bool {
     sha.bytes().all(|b| b == b'0')
 }

@@ -1,8 +1,9 @@
 //! Deliveries: stored once per delivery key at intake, then planned by a worker.
 //!
 //! Intake calls [`Store::insert_event`] and answers the forge only after it returned. A planning
-//! worker finds work with [`Store::first_pending_event`] and
-//! [`Store::pending_events`] (oldest first, only those due), plans each event, then calls
+//! worker takes each project's events oldest first ([`Store::first_pending_due_at`],
+//! [`Store::first_pending_event`]; one backing off holds back its project's later ones), plans
+//! each event, then calls
 //! [`Store::mark_event_planned`], or [`Store::mark_event_failed_attempt`] with a retry time. An
 //! event that fails [`MAX_EVENT_ATTEMPTS`] times becomes `failed` and is not retried.
 

@@ -306,7 +306,7 @@ impl Store {
                 queue: Arc::default(),
             }
         } else {
-            return Err(StoreError::UnsupportedUrl(redact(url)));
+            return Err(StoreError::UnsupportedUrl(crate::config::redact_url(url)));
         };
         let store = Store { pools };
         schema::migrate(&store).await?;
@@ -328,25 +328,6 @@ impl Store {
             Pools::Sqlite { pool, .. } => pool.close().await,
             Pools::Postgres(pool) => pool.close().await,
         }
-    }
-}
-
-/// The URL without a password, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}://{}:***{}",
-                    &url[..scheme],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -18,7 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use std::collections::HashMap;
 
-use ferry_engine::config::{Config, ProjectForge};
+use ferry_engine::config::{Config, ProjectForge, redact_url};
 use ferry_engine::profile::Profile;
 use ferry_engine::service::intake::{Secret, Secrets};
 use ferry_engine::service::mirror::{Credentials, SecretString};
@@ -228,18 +228,6 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { () = ctrl_c => {}, () = term => {} }
-}
-
-/// A database URL without its password, for logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 #[cfg(test)]
