@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod event;
+pub mod executor;
 pub mod forge;
 pub mod pipeline;
 pub mod problem;

@@ -211,7 +211,7 @@ fn env_arg(s: &Step, key: &str) -> String {
 }
 
 /// Steps gated out when the run is created, and the steps that need them.
-pub(super) fn decide_skips(p: &Pipeline, ctx: &RunContext) -> Vec<SkippedStep> {
+pub fn decide_skips(p: &Pipeline, ctx: &RunContext) -> Vec<SkippedStep> {
     let mut out: Vec<SkippedStep> = Vec::new();
     for step in &p.steps {
         let reason = gate_reason(step, ctx).or_else(|| {

@@ -23,6 +23,7 @@ use crate::pipeline::{EventKind, Pipeline};
 use crate::profile::Profile;
 
 pub use check::check_workflow;
+pub use context::decide_skips;
 
 /// Key of the object that stands, inside a distributed step's pod spec, for a workflow argument.
 const ARG_KEY: &str = "$ferry_arg";
