@@ -1,5 +1,6 @@
 //! The service: intake -> plan (and, in later issues, submit -> watch -> report).
 
+pub mod dispatch;
 pub mod intake;
 pub mod matching;
 pub mod mirror;

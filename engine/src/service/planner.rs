@@ -48,6 +48,8 @@ pub struct Planner {
     profile: Arc<Profile>,
     mirrors: Arc<Mirrors>,
     credentials: Arc<dyn Fn(&ProjectConfig) -> Credentials + Send + Sync>,
+    /// Notified when new runs were created (wakes the dispatcher).
+    runs_created: Option<Arc<Notify>>,
 }
 
 impl Planner {
@@ -64,6 +66,7 @@ impl Planner {
             profile,
             mirrors: Arc::new(Mirrors::new(data_dir.join("mirrors"))),
             credentials: Arc::new(|_| Credentials::None),
+            runs_created: None,
         }
     }
 
@@ -73,6 +76,12 @@ impl Planner {
         f: impl Fn(&ProjectConfig) -> Credentials + Send + Sync + 'static,
     ) -> Planner {
         self.credentials = Arc::new(f);
+        self
+    }
+
+    /// Notifies `wake` whenever planning created runs (the dispatcher's wake).
+    pub fn with_runs_created(mut self, wake: Arc<Notify>) -> Planner {
+        self.runs_created = Some(wake);
         self
     }
 
@@ -160,6 +169,11 @@ impl Planner {
                 .plan_target(project, stored.id, &stored.event, &target)
                 .await?;
             tracing::info!(event.id = stored.id.0, project = %project.name, sha = %target.sha, runs = created, "event planned");
+            if created > 0
+                && let Some(wake) = &self.runs_created
+            {
+                wake.notify_one();
+            }
         }
         self.store.mark_event_planned(stored.id).await?;
         Ok(())

@@ -105,6 +105,8 @@ pub struct Run {
     pub started_at: Option<UnixMillis>,
     /// When it reached a terminal state.
     pub finished_at: Option<UnixMillis>,
+    /// The executor's last message about it (a failure, a lost workflow).
+    pub message: Option<String>,
 }
 
 /// Which runs [`Store::list_runs`] returns; `None` fields match everything.
@@ -229,7 +231,7 @@ macro_rules! select_runs {
         concat!(
             "SELECT id, project, pipeline, sha, trigger, event_id, rerun_of, git_ref, branch, tag, \
              mr, params_json, pipeline_path, pipeline_yaml, state, problems_json, dedup_key, \
-             created_at, updated_at, started_at, finished_at FROM runs ",
+             created_at, updated_at, started_at, finished_at, message FROM runs ",
             $rest
         )
     };
@@ -262,6 +264,7 @@ fn run_from_row(row: &impl Columns) -> Result<Run, StoreError> {
         updated_at: row.int("updated_at")?,
         started_at: row.opt_int("started_at")?,
         finished_at: row.opt_int("finished_at")?,
+        message: row.opt_text("message")?,
     })
 }
 
@@ -408,6 +411,19 @@ impl Store {
         })
     }
 
+    /// Runs in `state`, oldest first, at most `limit` (through the `runs_state` index): the
+    /// dispatcher's queue, and the runs to reconcile on start.
+    pub async fn runs_in_state(&self, state: RunState, limit: u32) -> Result<Vec<Run>, StoreError> {
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(select_runs!("WHERE state = $1 ORDER BY id LIMIT $2"))
+                .bind(state.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
     /// Moves a run from `from` to `to` if it is still in `from` (compare-and-set), and writes the
     /// outbox row `{"run": id, "state": to}` in the same transaction.
     ///
@@ -421,6 +437,17 @@ impl Store {
         from: RunState,
         to: RunState,
     ) -> Result<(), StoreError> {
+        self.transition_run_with(id, from, to, None).await
+    }
+
+    /// [`Store::transition_run`], also recording `message` as the run's message when given.
+    pub async fn transition_run_with(
+        &self,
+        id: RunId,
+        from: RunState,
+        to: RunState,
+        message: Option<&str>,
+    ) -> Result<(), StoreError> {
         if !from.can_go_to(to) {
             return Err(StoreError::IllegalTransition { from, to });
         }
@@ -431,8 +458,8 @@ impl Store {
         write_tx!(self, |tx| {
             let done = sqlx::query(
                 "UPDATE runs SET state = $3, updated_at = $4, \
-                 started_at = COALESCE(started_at, $5), finished_at = COALESCE($6, finished_at) \
-                 WHERE id = $1 AND state = $2",
+                 started_at = COALESCE(started_at, $5), finished_at = COALESCE($6, finished_at), \
+                 message = COALESCE($7, message) WHERE id = $1 AND state = $2",
             )
             .bind(id.get())
             .bind(from.as_str())
@@ -440,6 +467,7 @@ impl Store {
             .bind(now)
             .bind(started)
             .bind(finished)
+            .bind(message)
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -46,9 +46,19 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V2,
         postgres: V2,
     },
+    Migration {
+        version: 3,
+        name: "run messages from the executor",
+        sqlite: V3,
+        postgres: V3,
+    },
 ];
 
 /// Planning reads each project's oldest pending event; this keeps that a lookup, not a scan.
+/// The executor's last word on a run (why it failed, that it is gone, that node status is
+/// offloaded).
+const V3: &str = "ALTER TABLE runs ADD COLUMN message TEXT;";
+
 const V2: &str = "CREATE INDEX events_project_pending ON events (project, state, id);";
 
 const V1_SQLITE: &str = r#"
