@@ -2,6 +2,7 @@
 
 pub mod dispatch;
 pub mod intake;
+pub mod manual;
 pub mod matching;
 pub mod mirror;
 pub mod planner;

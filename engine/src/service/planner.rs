@@ -43,13 +43,13 @@ pub enum PlanError {
 
 /// The planning worker.
 pub struct Planner {
-    store: Store,
-    config: Arc<Config>,
-    profile: Arc<Profile>,
-    mirrors: Arc<Mirrors>,
-    credentials: Arc<dyn Fn(&ProjectConfig) -> Credentials + Send + Sync>,
+    pub(super) store: Store,
+    pub(super) config: Arc<Config>,
+    pub(super) profile: Arc<Profile>,
+    pub(super) mirrors: Arc<Mirrors>,
+    pub(super) credentials: Arc<dyn Fn(&ProjectConfig) -> Credentials + Send + Sync>,
     /// Notified when new runs were created (wakes the dispatcher).
-    runs_created: Option<Arc<Notify>>,
+    pub(super) runs_created: Option<Arc<Notify>>,
 }
 
 impl Planner {
@@ -87,7 +87,7 @@ impl Planner {
 
     /// Plans until `stop` says so: on start (events left from before a restart), whenever `wake`
     /// is notified, and when a retry falls due.
-    pub async fn run(self, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
                 return;

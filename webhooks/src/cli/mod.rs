@@ -1,5 +1,6 @@
 //! Command-line verbs: `validate`, `render`, `schema`.
 
+mod progress;
 mod render;
 
 use std::path::{Path, PathBuf};

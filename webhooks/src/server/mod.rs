@@ -195,7 +195,7 @@ pub async fn serve_with(
             .cloned()
             .unwrap_or(Credentials::None)
     });
-    let planner_task = tokio::spawn(planner.run(wake.clone(), stop_rx));
+    let planner_task = tokio::spawn(Arc::new(planner).run(wake.clone(), stop_rx));
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
