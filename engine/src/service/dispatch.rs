@@ -461,7 +461,11 @@ impl Dispatcher {
             };
             let msg = if next == to { message } else { None };
             match self.store.transition_run_with(id, cur, next, msg).await {
-                Ok(()) => reached = next == to,
+                Ok(()) => {
+                    reached = next == to;
+                    tracing::info!(run = %id, project = %run.project, pipeline = %run.pipeline,
+                        state = %next, message = msg.unwrap_or(""), "run {}", next);
+                }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -491,6 +495,9 @@ impl Dispatcher {
                 Ok(()) => {
                     step.attempts += i64::from(next == StepState::Running);
                     step.state = next;
+                    tracing::info!(run = %step.run_id, step = %step.name, state = %next,
+                        attempt = step.attempts, message = seen.message.as_deref().unwrap_or(""),
+                        "step {}", next);
                 }
                 Err(StoreError::Conflict { .. }) => {
                     let fresh = self.store.steps(step.run_id).await?;

@@ -92,7 +92,7 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
 }
 
 /// A path to a file, or a pipeline name looked up under `./.ferry`.
-fn find_pipeline(arg: &str) -> Result<(String, String)> {
+pub(super) fn find_pipeline(arg: &str) -> Result<(String, String)> {
     let path = Path::new(arg);
     if path.is_file() {
         return Ok((arg.to_owned(), std::fs::read_to_string(path)?));
@@ -142,15 +142,7 @@ fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
         .or_else(|| git(&["symbolic-ref", "-q", "HEAD"]))
         .unwrap_or_else(|| "refs/heads/main".into());
     let (git_ref, branch, tag) = split_ref(&given, event);
-    let overrides: Vec<(String, String)> = args
-        .params
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| anyhow!("--param `{kv}` is not key=value"))
-        })
-        .collect::<Result<_>>()?;
+    let overrides = parse_params(&args.params)?;
     let params = pipeline.resolve_params(&overrides).map_err(|bad| {
         anyhow!(
             bad.iter()
@@ -174,6 +166,18 @@ fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
         dashboard_url: None,
     })
     .context("building the run context")
+}
+
+/// `--param key=value` flags as pairs.
+pub(super) fn parse_params(flags: &[String]) -> Result<Vec<(String, String)>> {
+    flags
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("--param `{kv}` is not key=value"))
+        })
+        .collect()
 }
 
 /// `main` / `refs/heads/main` / `refs/tags/v1` -> (full ref, branch, tag).

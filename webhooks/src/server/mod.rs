@@ -6,6 +6,7 @@
 //! stops accepting, lets in-flight requests and the current planning pass finish, then closes the
 //! database.
 
+mod demo;
 mod hooks;
 pub mod metrics;
 

@@ -1,0 +1,266 @@
+//! `ferry run PIPELINE [--param k=v]...`: one pipeline from the current working tree, with the
+//! local executor, as a `manual` event, with live progress. Exit code 0 only when the run
+//! succeeded.
+//!
+//! Runs and logs go under `--data-dir` (default: `.git/ferry` of the current repository, so
+//! nothing appears in the working tree; outside a repository, `ferry-run` in the system's
+//! temporary directory). No database is involved: the executor's observations drive the table.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use ferry_engine::executor::local::{LocalExecutor, LocalSettings};
+use ferry_engine::executor::{
+    CancelMode, Executor, Job, Observation, Phase, Source, StepObservation, SubmitError,
+};
+use ferry_engine::pipeline::{self, EventKind};
+use ferry_engine::render::{RunContext, decide_skips};
+use ferry_engine::store::{RunId, StepState};
+use tokio::sync::mpsc;
+
+use super::progress::Progress;
+
+/// Arguments of `ferry run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A pipeline file, or the name of a pipeline under `./.ferry`.
+    pipeline: String,
+    /// Parameter override `key=value` (repeatable; only declared parameters).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// The cluster profile to validate against (GPU types, limits); optional locally.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Where runs and their logs go (default: `.git/ferry` of the current repository).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// GPUs the run may use (default: detected with `nvidia-smi -L`).
+    #[arg(long)]
+    gpus: Option<u32>,
+}
+
+/// Runs `ferry run`.
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let profile = args
+        .profile
+        .as_deref()
+        .map(super::load_profile)
+        .transpose()?;
+    let (file, text) = super::render::find_pipeline(&args.pipeline)?;
+    let pipeline = match pipeline::load(&file, &text, profile.as_ref()) {
+        Ok(p) => p,
+        Err(problems) => {
+            println!("{problems}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let overrides = super::render::parse_params(&args.params)?;
+    let params = pipeline.resolve_params(&overrides).map_err(|bad| {
+        anyhow!(
+            bad.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let root = git(&["rev-parse", "--show-toplevel"])
+        .map(PathBuf::from)
+        .unwrap_or(std::env::current_dir()?);
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => git(&["rev-parse", "--absolute-git-dir"])
+            .map(|g| PathBuf::from(g).join("ferry"))
+            .unwrap_or_else(|| std::env::temp_dir().join("ferry-run")),
+    };
+    let run_id = next_run_id(&data_dir.join("runs"))?;
+    let sha = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "0".repeat(40));
+    let git_ref = git(&["symbolic-ref", "-q", "HEAD"]).unwrap_or_else(|| "HEAD".into());
+    let context = RunContext {
+        run_id: u64::try_from(run_id.get()).unwrap_or_default(),
+        project: "local".into(),
+        repo_url: git(&["remote", "get-url", "origin"])
+            .unwrap_or_else(|| format!("file://{}", root.display())),
+        sha,
+        branch: git_ref.strip_prefix("refs/heads/").map(str::to_owned),
+        tag: None,
+        git_ref,
+        merge_request: None,
+        event: EventKind::Manual,
+        params,
+        namespace: None,
+        dashboard_url: None,
+    };
+    let skipped = decide_skips(&pipeline, &context);
+    let steps: Vec<String> = pipeline.steps.iter().map(|s| s.name.clone()).collect();
+    let job = Job {
+        run_id,
+        pipeline: Arc::new(pipeline),
+        context,
+        skipped,
+        source: Source::Dir(root),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(follow(job, steps, data_dir, args.gpus))
+}
+
+async fn follow(
+    job: Job,
+    steps: Vec<String>,
+    data_dir: PathBuf,
+    gpus: Option<u32>,
+) -> Result<ExitCode> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let settings = LocalSettings {
+        gpus,
+        ..LocalSettings::new(&data_dir)
+    };
+    let executor = LocalExecutor::new(settings, tx);
+    let logs = executor.run_dir(job.run_id).join("logs");
+    let mut progress = Progress::new(&steps, logs.clone());
+    let started = Instant::now();
+    let skipped = Observation {
+        run_id: job.run_id,
+        phase: Phase::Pending,
+        message: None,
+        steps: job
+            .skipped
+            .iter()
+            .map(|s| StepObservation {
+                name: s.step.clone(),
+                state: StepState::Skipped,
+                attempts: 0,
+                message: Some(s.reason.clone()),
+                metrics: None,
+            })
+            .collect(),
+    };
+    let tty = std::io::stdout().is_terminal();
+    let mut out = Output { tty, drawn: 0 };
+    out.lines(&progress.observe(&skipped, Instant::now()));
+    println!(
+        "run {} of `{}` ({} steps); logs in {}",
+        job.run_id,
+        job.pipeline.name,
+        steps.len(),
+        logs.display()
+    );
+    match executor.submit(&job).await {
+        Ok(()) => {}
+        Err(SubmitError::Rejected(m) | SubmitError::Unavailable(m)) => bail!("cannot run: {m}"),
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut interrupts = 0;
+    loop {
+        tokio::select! {
+            obs = rx.recv() => {
+                let Some(obs) = obs else { break };
+                if obs.run_id != job.run_id {
+                    continue;
+                }
+                let changes = progress.observe(&obs, Instant::now());
+                if tty {
+                    out.table(&progress.table(Instant::now()));
+                } else {
+                    out.lines(&changes);
+                }
+                if obs.phase.is_final() {
+                    break;
+                }
+            }
+            _ = tick.tick(), if tty => out.table(&progress.table(Instant::now())),
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                let mode = if interrupts == 1 { CancelMode::Stop } else { CancelMode::Terminate };
+                eprintln!("\ncancelling ({mode:?}); press Ctrl-C again to kill at once");
+                if let Err(e) = executor.cancel(job.run_id, None, mode).await {
+                    eprintln!("cancel failed: {e}");
+                }
+            }
+        }
+    }
+    let phase = progress.phase();
+    let word = match phase {
+        Phase::Succeeded => "succeeded",
+        Phase::Failed => "failed",
+        Phase::Cancelled => "was cancelled",
+        Phase::Gone { .. } => "was lost",
+        Phase::Pending | Phase::Running => "stopped reporting",
+    };
+    let mut summary = format!(
+        "run {} {word} after {:.1}s",
+        job.run_id,
+        started.elapsed().as_secs_f64()
+    );
+    if let (Some(m), false) = (progress.message(), phase == Phase::Succeeded) {
+        summary.push_str(&format!(": {m}"));
+    }
+    println!("{summary}\nlogs: {}", logs.display());
+    Ok(if phase == Phase::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Where progress goes: redrawn in place on a terminal, one line per change otherwise.
+struct Output {
+    tty: bool,
+    drawn: usize,
+}
+
+impl Output {
+    fn table(&mut self, table: &str) {
+        let mut stdout = std::io::stdout().lock();
+        if self.drawn > 0 {
+            // Up to the table's first line, then clear to the end of the screen.
+            let _ = write!(stdout, "\x1b[{}A\x1b[J", self.drawn);
+        }
+        let _ = write!(stdout, "{table}");
+        let _ = stdout.flush();
+        self.drawn = table.lines().count();
+    }
+
+    fn lines(&mut self, lines: &[String]) {
+        if self.tty {
+            return;
+        }
+        for line in lines {
+            println!("{line}");
+        }
+    }
+}
+
+/// The next free run number under `runs` (one more than the highest), its directory created.
+fn next_run_id(runs: &Path) -> Result<RunId> {
+    std::fs::create_dir_all(runs).with_context(|| format!("creating {}", runs.display()))?;
+    let mut next = std::fs::read_dir(runs)?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    loop {
+        match std::fs::create_dir(runs.join(next.to_string())) {
+            Ok(()) => return RunId::new(next).ok_or_else(|| anyhow!("run id {next}")),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => next += 1,
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating a run under {}", runs.display()));
+            }
+        }
+    }
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
