@@ -2,7 +2,8 @@
 
 mod progress;
 mod render;
-mod run;
+// `ferry run` lands with the local executor.
+// mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,8 +42,7 @@ enum Command {
     },
     /// Print the Argo Workflow of a pipeline.
     Render(render::RenderArgs),
-    /// Run a pipeline from the working tree with the local executor, with live progress.
-    Run(run::RunArgs),
+
     /// Print the JSON Schema of pipeline files (for yaml-language-server and other editors).
     Schema,
 }
@@ -65,7 +65,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             profile.as_deref(),
         ),
         Command::Render(args) => render::render(args),
-        Command::Run(args) => run::run(args),
+
         Command::Schema => {
             println!(
                 "{}",
