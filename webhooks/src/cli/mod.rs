@@ -31,6 +31,9 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Listen here instead of the config's `listen` (`127.0.0.1:0` picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Check pipeline files and print every problem as file:line:col: field: message.
     Validate {
@@ -59,7 +62,11 @@ enum LogFormat {
 /// Runs one command; the exit code is 1 when the input has problems.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, log_format } => serve(config.as_deref(), log_format),
+        Command::Serve {
+            config,
+            log_format,
+            listen,
+        } => serve(config.as_deref(), log_format, listen),
         Command::Validate { path, profile } => validate(
             path.as_deref().unwrap_or(Path::new(".")),
             profile.as_deref(),
@@ -76,9 +83,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn serve(config: Option<&Path>, format: LogFormat) -> Result<ExitCode> {
+fn serve(
+    config: Option<&Path>,
+    format: LogFormat,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<ExitCode> {
     init_logs(format);
-    let loaded = crate::server::load_config(config, std::env::var("FERRY_DATABASE_URL").ok())?;
+    let mut loaded = crate::server::load_config(config, std::env::var("FERRY_DATABASE_URL").ok())?;
+    if let Some(addr) = listen {
+        loaded.config.listen = addr;
+    }
     let secrets = crate::server::read_secrets(&loaded.config, |var| std::env::var(var).ok())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

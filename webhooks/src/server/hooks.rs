@@ -83,9 +83,16 @@ async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: By
 
 /// `GET /readyz`: the database answers.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    if let Err(e) = state.store.ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response();
+    }
+    match state.executor.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("executor ({}): {e}\n", state.executor.kind()),
+        )
+            .into_response(),
     }
 }
 

@@ -23,9 +23,14 @@ use ferry_engine::config::{Config, ProjectForge, redact_url};
 use ferry_engine::profile::Profile;
 use ferry_engine::service::intake::{Secret, Secrets};
 use ferry_engine::service::mirror::{Credentials, SecretString};
+use ferry_engine::config::ExecutorKind;
+use ferry_engine::executor::Executor;
+use ferry_engine::executor::local::{LocalExecutor, LocalSettings};
+use ferry_engine::service::dispatch::Dispatcher;
+use ferry_engine::service::manual::ManualRequest;
 use ferry_engine::service::planner::Planner;
 use ferry_engine::store::Store;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use self::metrics::Metrics;
 
@@ -45,6 +50,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the planner when a new event is stored.
     pub planner_wake: Arc<Notify>,
+    /// The planner (manual runs go through it).
+    pub planner: Arc<Planner>,
+    /// The executor runs go to (`/readyz` pings it).
+    pub executor: Arc<dyn Executor>,
 }
 
 /// The configuration to start with, and where it came from.
@@ -55,6 +64,8 @@ pub struct Loaded {
     pub profile: Profile,
     /// A sentence for the start-up log.
     pub source: String,
+    /// True when no config file was found: the embedded defaults, with the demo project.
+    pub embedded: bool,
 }
 
 /// Reads `path`, or `./ferry.yaml`, or falls back to embedded defaults when neither exists.
@@ -66,9 +77,10 @@ pub fn load_config(path: Option<&Path>, database_override: Option<String>) -> Re
         None => (
             Config::default(),
             None,
-            "no ferry.yaml: starting on embedded defaults (127.0.0.1:8080, sqlite://ferry.db, local executor, no projects)".to_owned(),
+            "no ferry.yaml: starting on embedded defaults (127.0.0.1:8080, sqlite://ferry.db, local executor, the demo project)".to_owned(),
         ),
     };
+    let embedded = path.is_none() && !default.exists();
     if let Some(url) = database_override {
         config.database_url = url;
     }
@@ -87,6 +99,7 @@ pub fn load_config(path: Option<&Path>, database_override: Option<String>) -> Re
         config,
         profile,
         source,
+        embedded,
     })
 }
 
@@ -172,48 +185,112 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let Loaded {
-        config,
+        mut config,
         profile,
         source,
+        embedded,
     } = loaded;
     tracing::info!(config.source = %source, database = %redact_url(&config.database_url), "starting ferry");
+    if embedded {
+        let dir = demo::install(&mut config).context("setting up the demo project")?;
+        tracing::info!(repository = %dir.display(), "demo project `demo` ready");
+    }
     let store = Store::open(&config.database_url)
         .await
         .context("opening the database")?;
     let config = Arc::new(config);
+    let profile = Arc::new(profile);
+    let data_dir = PathBuf::from(&config.data_dir);
     let wake = Arc::new(Notify::new());
+    let runs_wake = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (observations_tx, observations_rx) = mpsc::channel(OBSERVATION_BUFFER);
+    let executor = build_executor(&config, &profile, observations_tx).await?;
     let credentials = read_credentials(&config, |var| std::env::var(var).ok());
-    let planner = Planner::new(
+    let planner = Arc::new(
+        Planner::new(store.clone(), config.clone(), profile.clone(), data_dir.clone())
+            .with_credentials(move |p| {
+                credentials
+                    .get(&p.name)
+                    .cloned()
+                    .unwrap_or(Credentials::None)
+            })
+            .with_runs_created(runs_wake.clone()),
+    );
+    let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         config.clone(),
-        Arc::new(profile),
-        PathBuf::from(&config.data_dir),
-    )
-    .with_credentials(move |p| {
-        credentials
-            .get(&p.name)
-            .cloned()
-            .unwrap_or(Credentials::None)
-    });
-    let planner_task = tokio::spawn(Arc::new(planner).run(wake.clone(), stop_rx));
+        profile.clone(),
+        executor.clone(),
+        data_dir.clone(),
+    ));
+    let planner_task = tokio::spawn(planner.clone().run(wake.clone(), stop_rx.clone()));
+    let dispatcher_task = tokio::spawn(dispatcher.run(runs_wake, observations_rx, stop_rx));
+    if embedded {
+        start_demo(planner.clone(), data_dir.clone());
+    }
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
         secrets: Arc::new(secrets),
         metrics: Arc::new(Metrics::default()),
         planner_wake: wake,
+        planner,
+        executor,
     };
     tracing::info!(listen = %listener.local_addr()?, "listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
-    tracing::info!("shutting down: waiting for the planner to finish its pass");
+    tracing::info!("shutting down: waiting for the planner and the dispatcher to finish their pass");
     let _ = stop_tx.send(true);
     let _ = planner_task.await;
+    let _ = dispatcher_task.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Observations buffered between the executor and the dispatcher before the executor waits.
+const OBSERVATION_BUFFER: usize = 4096;
+
+/// The executor `ferry.yaml` chooses.
+async fn build_executor(
+    config: &Config,
+    _profile: &Arc<Profile>,
+    observations: mpsc::Sender<ferry_engine::executor::Observation>,
+) -> Result<Arc<dyn Executor>> {
+    match config.executor {
+        ExecutorKind::Local => {
+            let settings = LocalSettings {
+                gpus: config.local.gpus,
+                ..LocalSettings::new(&config.data_dir)
+            };
+            let executor = LocalExecutor::new(settings, observations);
+            tracing::info!(gpus = executor.gpus(), "local executor");
+            Ok(Arc::new(executor))
+        }
+        ExecutorKind::Argo => anyhow::bail!("the argo executor is not wired yet"),
+    }
+}
+
+/// Queues one run of the demo pipeline and says how to follow it.
+fn start_demo(planner: Arc<Planner>, data_dir: PathBuf) {
+    tokio::spawn(async move {
+        let request = ManualRequest {
+            project: demo::PROJECT.into(),
+            pipeline: demo::PIPELINE.into(),
+            ..ManualRequest::default()
+        };
+        match planner.trigger(&request).await {
+            Ok(run) => tracing::info!(
+                run = %run,
+                logs = %data_dir.join("runs").join(run.to_string()).join("logs").display(),
+                "demo run queued: watch its steps in this log"
+            ),
+            Err(e) => tracing::error!(error = %e, "could not start the demo run"),
+        }
+    });
 }
 
 async fn shutdown_signal() {
