@@ -260,15 +260,19 @@ impl LocalExecutor {
     }
 }
 
-/// A run lost to a restart: kills what is left of its processes and says it is gone.
+/// A run lost to a restart: kills what is left of its processes, deletes its checkout and
+/// scratch space (its workspace and logs stay), and says it is gone.
 fn gone(data_dir: &Path, run: &Run) -> Observation {
     let dir = run_dir(data_dir, run.id);
     procs::kill_leftovers(&dir, &run::workspace_marker(&dir.join("workspace")));
+    let requeue = requeue(run, &dir);
+    for sub in ["src", "scratch"] {
+        // Best effort: what cannot be deleted now is replaced if the run is submitted again.
+        let _ = std::fs::remove_dir_all(dir.join(sub));
+    }
     Observation {
         run_id: run.id,
-        phase: Phase::Gone {
-            requeue: requeue(run, &dir),
-        },
+        phase: Phase::Gone { requeue },
         message: Some("interrupted by a restart of ferry".to_owned()),
         steps: Vec::new(),
     }
@@ -340,6 +344,17 @@ fn run_dir(data_dir: &Path, run: RunId) -> PathBuf {
 /// steps run in.
 async fn prepare(dir: PathBuf, source: Source, sha: String) -> Result<PathBuf, SubmitError> {
     let made = tokio::task::spawn_blocking(move || {
+        // A run submitted again after a restart starts with none of its steps over.
+        match std::fs::remove_file(dir.join(run::FINISHED_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                let shown = dir.join(run::FINISHED_FILE);
+                return Err(SubmitError::Unavailable(format!(
+                    "cannot remove {}: {e}",
+                    shown.display()
+                )));
+            }
+            Ok(()) | Err(_) => {}
+        }
         for sub in ["workspace", "logs", "scratch"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
                 SubmitError::Unavailable(format!("cannot create {}: {e}", dir.join(sub).display()))

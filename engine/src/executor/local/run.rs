@@ -22,7 +22,7 @@ use crate::pipeline::MetricsGate;
 use crate::store::StepState;
 
 /// The file of a run directory listing the steps that are over, one name a line.
-const FINISHED_FILE: &str = "finished";
+pub(super) const FINISHED_FILE: &str = "finished";
 
 /// The directories of a run.
 #[derive(Debug, Clone)]

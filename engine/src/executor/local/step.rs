@@ -302,7 +302,7 @@ impl Launch {
     ) -> End {
         let deadline = self
             .timeout_secs
-            .map(|s| Instant::now() + Duration::from_secs(s));
+            .and_then(|s| Instant::now().checked_add(Duration::from_secs(s)));
         let (mut end, mut kill_at, mut watching) = (None, None, true);
         loop {
             tokio::select! {

@@ -496,6 +496,15 @@ steps:
 }
 
 #[tokio::test]
+async fn a_signal_is_named() {
+    let mut h = Harness::new(0);
+    let (last, _) = h
+        .run("version: 1\nname: sig\ndefaults: { image: img:1 }\nsteps:\n  - { name: a, kind: task, run: 'kill -KILL $$' }\n")
+        .await;
+    assert_eq!(message(&last, "a"), "was killed by signal 9 (SIGKILL)");
+}
+
+#[tokio::test]
 async fn retries_count_attempts_and_append_to_the_log() {
     let mut h = Harness::new(0);
     let (last, seen) = h
@@ -970,6 +979,8 @@ async fn reconcile_marks_lost_runs_gone_requeues_by_retries_and_kills_leftovers(
     for run in [ours, theirs] {
         std::fs::create_dir_all(h.workspace(run)).expect("run dir");
     }
+    let checkout = h.exec.run_dir(ours).join("src");
+    std::fs::create_dir_all(&checkout).expect("checkout");
     // Run 1 left a process of its own; run 2's recorded group now belongs to someone else.
     let mut mine = leftover(&h.workspace(ours));
     let mut foreign = leftover(Path::new("/elsewhere"));
@@ -999,6 +1010,7 @@ async fn reconcile_marks_lost_runs_gone_requeues_by_retries_and_kills_leftovers(
             (id(4), Phase::Gone { requeue: false }),
         ]
     );
+    assert!(!checkout.exists(), "a lost run's checkout is deleted");
     for o in &observed {
         assert_eq!(
             o.message.as_deref(),
