@@ -252,11 +252,18 @@ impl LocalExecutor {
         Ok(())
     }
 
-    /// The latest snapshot of a run this executor has (submitted since it started).
+    /// The latest snapshot of a run this executor has (submitted since it started and not over);
+    /// a run still being prepared is pending.
     fn live(&self, run: RunId) -> Option<Observation> {
-        lock(&self.shared.runs)
-            .get(&run)
-            .and_then(|entry| lock(&entry.latest).clone())
+        let runs = lock(&self.shared.runs);
+        let entry = runs.get(&run)?;
+        let latest = lock(&entry.latest).clone();
+        Some(latest.unwrap_or(Observation {
+            run_id: run,
+            phase: Phase::Pending,
+            message: None,
+            steps: Vec::new(),
+        }))
     }
 }
 
