@@ -651,6 +651,38 @@ async fn raw_watch_replays_history_and_reports_expired_versions() {
     );
 }
 
+/// The first event of a raw watch from `rv`.
+async fn first_event(api: &Api<DynamicObject>, rv: &str) -> WatchEvent<DynamicObject> {
+    let stream = api.watch(&WatchParams::default(), rv).await;
+    let mut stream = stream.unwrap_or_else(|e| panic!("{e}")).boxed();
+    match stream.next().await {
+        Some(Ok(event)) => event,
+        other => panic!("no first event from {rv}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_history_limit_expires_versions_it_no_longer_holds() {
+    let options = Options {
+        history_limit: Some(2),
+        ..Options::default()
+    };
+    let fake = FakeKube::start_with(options).await;
+    let api = fake_k8s::workflows(fake.client().await.unwrap_or_else(|e| panic!("{e:#}")), NS);
+    let rv = create(&api, 1).await.resource_version().unwrap_or_default();
+    create(&api, 2).await;
+    create(&api, 3).await;
+    match first_event(&api, &rv).await {
+        WatchEvent::Added(o) => assert_eq!(o.name_any(), "ferry-2"),
+        other => panic!("expected ADDED ferry-2, got {other:?}"),
+    }
+    create(&api, 4).await;
+    match first_event(&api, &rv).await {
+        WatchEvent::Error(status) => assert_eq!(status.code, 410),
+        other => panic!("expected a 410 ERROR, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn bookmarks_on_demand_periodic_and_for_streaming_lists() {
     let (fake, api) = fake_and_api().await;

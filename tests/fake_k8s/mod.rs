@@ -70,6 +70,7 @@
 //! every request and change; panics with the request log after 30 s).
 
 mod api_error;
+mod argo;
 mod faults;
 mod http;
 mod selector;
@@ -90,12 +91,12 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use argo::{
+    NodePhase, NodesForm, TaskOutcome, WorkflowPhase, compress_nodes, decompress_nodes, node_id,
+};
 pub use faults::{Fault, FaultAction, RequestRecord};
 pub use selector::{FieldSelector, LabelSelector};
-pub use status::{
-    NodePhase, NodesForm, StatusBuilder, TaskOutcome, WorkflowPhase, compress_nodes,
-    decompress_nodes, node_id,
-};
+pub use status::StatusBuilder;
 pub use validate::is_dns1123_subdomain;
 
 use store::Store;
