@@ -309,9 +309,7 @@ impl FakeKube {
 
     /// Creates a workflow as a `POST` would (same checks), emitting `ADDED`.
     pub fn create(&self, ns: &str, object: Value) -> anyhow::Result<Value> {
-        self.shared
-            .with_store(|s| s.create(ns, object, false))
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
+        Ok(self.shared.with_store(|s| s.create(ns, object, false))?)
     }
 
     /// Replaces `status` (as the Argo controller does), emitting `MODIFIED`.
@@ -326,20 +324,16 @@ impl FakeKube {
         name: &str,
         f: impl FnOnce(&mut Value),
     ) -> anyhow::Result<Value> {
-        self.shared
-            .with_store(|s| {
-                let mut next = s.get(ns, name)?;
-                f(&mut next);
-                s.update(ns, name, next)
-            })
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
+        Ok(self.shared.with_store(|s| {
+            let mut next = s.get(ns, name)?;
+            f(&mut next);
+            s.update(ns, name, next)
+        })?)
     }
 
     /// Deletes a workflow at once, finalizers or not (the TTL controller), emitting `DELETED`.
     pub fn delete_now(&self, ns: &str, name: &str) -> anyhow::Result<Value> {
-        self.shared
-            .with_store(|s| s.remove(ns, name))
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
+        Ok(self.shared.with_store(|s| s.remove(ns, name))?)
     }
 
     /// A [`StatusBuilder`] for a stored workflow.
