@@ -56,8 +56,18 @@
 //! ## Controller stand-in
 //! `get(ns, name)`, `workflows()`, `create(ns, object)` (as a POST would),
 //! `set_status(ns, name, status)`, `update(ns, name, |obj| ..)`, `delete_now(ns, name)` (as
-//! the TTL controller does: `DELETED` at once), `status_builder(ns, name)` ->
-//! [`StatusBuilder`] with [`TaskOutcome`]s (see the `status` module).
+//! the TTL controller does: `DELETED` at once, finalizers or not), and
+//! `status_builder(ns, name)` -> [`StatusBuilder`] (or `StatusBuilder::for_workflow(&json)`),
+//! which reads the workflow's entrypoint DAG and templates: `.task(name, TaskOutcome)` per task
+//! that has started (`pending`, `running`, `succeeded`, `failed(msg)`, `errored(msg)`,
+//! `skipped` (a false `when`), `omitted` (unmet `depends`), with `.attempts(n)`,
+//! `.output(name, value)`, `.metrics(&json)`, `.message(..)`), optional `.phase(..)` and
+//! `.message(..)` for the workflow, `.compressed()` / `.offloaded()`, then `.build()`. Tasks
+//! whose template has a `retryStrategy` become `Retry` nodes with `Pod` attempts `task(0)`,
+//! `task(1)`..; a failure their policy retries uses every allowed attempt unless
+//! `.attempts(n)` says otherwise, and the Retry node then says `No more retries left` while
+//! the last attempt carries the message. Node ids are Argo's (`node_id(workflow, name)`);
+//! `decompress_nodes` reads `compressedNodes`. The documents pass Argo's strict schemas.
 //!
 //! ## Watches, faults, the request log
 //! `drop_watches()` (cut every open watch connection), `send_bookmarks()`, `compact()`
@@ -68,6 +78,17 @@
 //! `.watch()`, counted by `.times(n)`), `clear_faults()`; `requests() -> Vec<RequestRecord>`,
 //! `count(method, path)`, `clear_requests()`; `wait_until(what, |fake| cond).await` (woken by
 //! every request and change; panics with the request log after 30 s).
+//!
+//! ## Worth knowing
+//! - `client()` is kube's default client, which retries `429`/`503`/`504` itself (honouring
+//!   `Retry-After`): an injected 429 shows up as a retry in `requests()`, not as an error.
+//!   `client_in_process()` has no retry layer, so there the 429 reaches the caller.
+//! - A dropped watch ends the response with an error (a reset connection); kube reads it as
+//!   the end of the stream and re-watches from its last version without relisting.
+//! - Not reproduced: PUT, server-side apply, strategic and JSON patches (`415`), a status
+//!   subresource (Argo's CRD has none, so status changes bump `generation`), `managedFields`,
+//!   deleting collections, `NotOlderThan` waits for a future version (the current state is
+//!   answered), defaulting and pruning.
 
 mod api_error;
 mod argo;
