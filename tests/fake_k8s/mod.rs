@@ -60,7 +60,8 @@
 //! `status_builder(ns, name)` -> [`StatusBuilder`] (or `StatusBuilder::for_workflow(&json)`),
 //! which reads the workflow's entrypoint DAG and templates: `.task(name, TaskOutcome)` per task
 //! that has started (`pending`, `running`, `succeeded`, `failed(msg)`, `errored(msg)`,
-//! `skipped` (a false `when`), `omitted` (unmet `depends`), with `.attempts(n)`,
+//! `skipped` (a false `when`), `omitted` (unmet `depends`); a task whose template is a
+//! `suspend` becomes a `Suspend` node), with `.attempts(n)`,
 //! `.output(name, value)`, `.metrics(&json)`, `.message(..)`), optional `.phase(..)` and
 //! `.message(..)` for the workflow, `.compressed()` / `.offloaded()`, then `.build()`. Tasks
 //! whose template has a `retryStrategy` become `Retry` nodes with `Pod` attempts `task(0)`,
