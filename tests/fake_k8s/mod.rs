@@ -58,13 +58,14 @@
 //! `set_status(ns, name, status)`, `update(ns, name, |obj| ..)`, `delete_now(ns, name)` (as
 //! the TTL controller does: `DELETED` at once, finalizers or not), and
 //! `status_builder(ns, name)` -> [`StatusBuilder`] (or `StatusBuilder::for_workflow(&json)`),
-//! which reads the workflow's entrypoint DAG and templates: `.task(name, TaskOutcome)` per task
-//! that has started (`pending`, `running`, `succeeded`, `failed(msg)`, `errored(msg)`,
-//! `skipped` (a false `when`), `omitted` (unmet `depends`); a task whose template is a
-//! `suspend` becomes a `Suspend` node), with `.attempts(n)`,
-//! `.output(name, value)`, `.metrics(&json)`, `.message(..)`), optional `.phase(..)` and
-//! `.message(..)` for the workflow, `.compressed()` / `.offloaded()`, then `.build()`. Tasks
-//! whose template has a `retryStrategy` become `Retry` nodes with `Pod` attempts `task(0)`,
+//! which reads the workflow's entrypoint DAG and templates. Per task that has started:
+//! `.task(name, TaskOutcome::pending() | running() | succeeded() | failed(msg) | errored(msg)
+//! | skipped() | omitted())`, where `skipped` is a false `when` and `omitted` an unmet
+//! `depends`, refined with `.attempts(n)`, `.output(name, value)`, `.metrics(&json)`,
+//! `.message(..)`. For the workflow: optional `.phase(..)`, `.message(..)`, `.compressed()` or
+//! `.offloaded()`; then `.build()`. A task whose template is a `suspend` becomes a `Suspend`
+//! node (Running until resumed). Tasks whose template has a `retryStrategy` become `Retry`
+//! nodes with `Pod` attempts `task(0)`,
 //! `task(1)`..; a failure their policy retries uses every allowed attempt unless
 //! `.attempts(n)` says otherwise, and the Retry node then says `No more retries left` while
 //! the last attempt carries the message. Node ids are Argo's (`node_id(workflow, name)`);
