@@ -41,12 +41,30 @@ async fn server() -> Server {
     let store = Store::open(&url).await.expect("store opens");
     let config = Config::from_yaml("ferry.yaml", CONFIG).expect("config");
     let secrets = read_secrets(&config, |_| Some(SECRET.to_owned())).expect("secrets");
+    let config = Arc::new(config);
+    let data = dir.path().join("data");
+    let planner = ferry_engine::service::planner::Planner::new(
+        store.clone(),
+        config.clone(),
+        Arc::new(ferry_engine::profile::Profile::default()),
+        data.clone(),
+    );
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let executor = ferry_engine::executor::local::LocalExecutor::new(
+        ferry_engine::executor::local::LocalSettings {
+            gpus: Some(0),
+            ..ferry_engine::executor::local::LocalSettings::new(&data)
+        },
+        tx,
+    );
     let state = AppState {
-        config: Arc::new(config),
+        config,
         store: store.clone(),
         secrets: Arc::new(secrets),
         metrics: Arc::new(Metrics::default()),
         planner_wake: Arc::new(Notify::new()),
+        planner: Arc::new(planner),
+        executor: Arc::new(executor),
     };
     Server {
         app: router(state),

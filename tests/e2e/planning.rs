@@ -344,6 +344,7 @@ async fn ferry_serve_stores_wakes_the_planner_and_shuts_down_cleanly() {
         config,
         profile: Profile::default(),
         source: "test".into(),
+        embedded: false,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

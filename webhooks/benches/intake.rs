@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             config,
             profile: Profile::default(),
             source: "bench".into(),
+            embedded: false,
         };
         let server = tokio::spawn(server::serve_with(loaded, secrets, listener, async move {
             let _ = stop_rx.await;

@@ -2,8 +2,7 @@
 
 mod progress;
 mod render;
-// `ferry run` lands with the local executor.
-// mod run;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +44,8 @@ enum Command {
     },
     /// Print the Argo Workflow of a pipeline.
     Render(render::RenderArgs),
+    /// Run a pipeline from the working tree with the local executor, with live progress.
+    Run(run::RunArgs),
 
     /// Print the JSON Schema of pipeline files (for yaml-language-server and other editors).
     Schema,
@@ -72,6 +73,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             profile.as_deref(),
         ),
         Command::Render(args) => render::render(args),
+        Command::Run(args) => run::run(args),
 
         Command::Schema => {
             println!(

@@ -92,7 +92,7 @@ impl Progress {
             if row.attempts > 1 {
                 let _ = write!(line, " (attempt {})", row.attempts);
             }
-            if let Some(elapsed) = elapsed(row, now) {
+            if let Some(elapsed) = elapsed(row, now).filter(|_| row.state.is_terminal()) {
                 let _ = write!(line, " after {}", duration(elapsed));
             }
             if let Some(m) = &row.message

@@ -68,9 +68,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 .join("\n")
         )
     })?;
-    let root = git(&["rev-parse", "--show-toplevel"])
-        .map(PathBuf::from)
-        .unwrap_or(std::env::current_dir()?);
+    let root = source_root(Path::new(&file))?;
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => git(&["rev-parse", "--absolute-git-dir"])
@@ -236,6 +234,19 @@ impl Output {
             println!("{line}");
         }
     }
+}
+
+/// The directory a pipeline file's steps run in: the one holding its `.ferry` directory, or the
+/// current directory for a file elsewhere.
+fn source_root(file: &Path) -> Result<PathBuf> {
+    let cwd = std::env::current_dir()?;
+    let absolute = cwd.join(file);
+    let root = absolute
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == ".ferry"))
+        .and_then(Path::parent)
+        .map_or(cwd, Path::to_path_buf);
+    Ok(root)
 }
 
 /// The next free run number under `runs` (one more than the highest), its directory created.

@@ -19,15 +19,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use std::collections::HashMap;
 
-use ferry_engine::config::{Config, ProjectForge, redact_url};
-use ferry_engine::profile::Profile;
-use ferry_engine::service::intake::{Secret, Secrets};
-use ferry_engine::service::mirror::{Credentials, SecretString};
 use ferry_engine::config::ExecutorKind;
+use ferry_engine::config::{Config, ProjectForge, redact_url};
 use ferry_engine::executor::Executor;
 use ferry_engine::executor::local::{LocalExecutor, LocalSettings};
+use ferry_engine::profile::Profile;
 use ferry_engine::service::dispatch::Dispatcher;
+use ferry_engine::service::intake::{Secret, Secrets};
 use ferry_engine::service::manual::ManualRequest;
+use ferry_engine::service::mirror::{Credentials, SecretString};
 use ferry_engine::service::planner::Planner;
 use ferry_engine::store::Store;
 use tokio::sync::{Notify, mpsc, watch};
@@ -208,14 +208,19 @@ pub async fn serve_with(
     let executor = build_executor(&config, &profile, observations_tx).await?;
     let credentials = read_credentials(&config, |var| std::env::var(var).ok());
     let planner = Arc::new(
-        Planner::new(store.clone(), config.clone(), profile.clone(), data_dir.clone())
-            .with_credentials(move |p| {
-                credentials
-                    .get(&p.name)
-                    .cloned()
-                    .unwrap_or(Credentials::None)
-            })
-            .with_runs_created(runs_wake.clone()),
+        Planner::new(
+            store.clone(),
+            config.clone(),
+            profile.clone(),
+            data_dir.clone(),
+        )
+        .with_credentials(move |p| {
+            credentials
+                .get(&p.name)
+                .cloned()
+                .unwrap_or(Credentials::None)
+        })
+        .with_runs_created(runs_wake.clone()),
     );
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
@@ -242,7 +247,9 @@ pub async fn serve_with(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
-    tracing::info!("shutting down: waiting for the planner and the dispatcher to finish their pass");
+    tracing::info!(
+        "shutting down: waiting for the planner and the dispatcher to finish their pass"
+    );
     let _ = stop_tx.send(true);
     let _ = planner_task.await;
     let _ = dispatcher_task.await;

@@ -956,6 +956,7 @@ fn stored_run(run: RunId, path: &str, yaml: &str) -> crate::store::Run {
         updated_at: 0,
         started_at: None,
         finished_at: None,
+        message: None,
     }
 }
 
