@@ -391,9 +391,29 @@ async fn ferry_serve_stores_wakes_the_planner_and_shuts_down_cleanly() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(runs.len(), 1, "the push planned one run");
+    assert_eq!(runs[0].pipeline, "lint");
+    // The dispatcher submits it to the local executor, which runs `make lint` in a checkout of
+    // the commit: there is no Makefile, so the step and the run fail with make's exit code.
+    let id = runs[0].id;
+    let mut run = runs.remove(0);
+    for _ in 0..600 {
+        run = store.get_run(id).await.expect("get").expect("run");
+        if run.state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    let message = run.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("step `check` failed") && message.contains("exited with code 2"),
+        "{message}"
+    );
+    let steps = store.steps(id).await.expect("steps");
+    assert_eq!(steps.len(), 1);
     assert_eq!(
-        (runs[0].pipeline.as_str(), runs[0].state),
-        ("lint", RunState::Queued)
+        (steps[0].state, steps[0].attempts),
+        (ferry_engine::store::StepState::Failed, 1)
     );
     let _ = stop.send(());
     server.await.expect("join").expect("clean shutdown");

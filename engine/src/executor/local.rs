@@ -183,8 +183,12 @@ impl fmt::Debug for LocalExecutor {
 
 impl LocalExecutor {
     /// An executor that sends its observations on `observations`. With `settings.gpus` unset,
-    /// runs `nvidia-smi -L` once to count the GPUs.
-    pub fn new(settings: LocalSettings, observations: Observations) -> LocalExecutor {
+    /// runs `nvidia-smi -L` once to count the GPUs. A relative `data_dir` is taken from the
+    /// current directory now (checkouts and steps run elsewhere).
+    pub fn new(mut settings: LocalSettings, observations: Observations) -> LocalExecutor {
+        if let Ok(dir) = std::path::absolute(&settings.data_dir) {
+            settings.data_dir = dir;
+        }
         let devices = match settings.gpus {
             Some(n) => (0..n).collect(),
             None => gpu::detect(),

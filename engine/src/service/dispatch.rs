@@ -231,8 +231,6 @@ impl Dispatcher {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&run.id);
                 self.walk_run(run.id, RunState::Submitted, None).await?;
-                tracing::info!(run = %run.id, project = %run.project, pipeline = %run.pipeline,
-                    executor = self.executor.kind(), "run submitted");
                 Ok(true)
             }
             Err(SubmitError::Rejected(message)) => {

@@ -191,6 +191,10 @@ pub async fn serve_with(
         embedded,
     } = loaded;
     tracing::info!(config.source = %source, database = %redact_url(&config.database_url), "starting ferry");
+    // Mirrors, checkouts and logs are used from other directories (git, step processes).
+    if let Ok(dir) = std::path::absolute(&config.data_dir) {
+        config.data_dir = dir;
+    }
     if embedded {
         let dir = demo::install(&mut config).context("setting up the demo project")?;
         tracing::info!(repository = %dir.display(), "demo project `demo` ready");
