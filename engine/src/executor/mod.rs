@@ -10,6 +10,8 @@
 //! Chosen by `executor:` in `ferry.yaml`: `local` (processes on this machine, the embedded
 //! default) or `argo` (Argo Workflows through the Kubernetes API).
 
+pub mod argo;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
