@@ -206,3 +206,190 @@ pub async fn create(
         .map_err(Failure::from_kube)?;
     Err(Failure::from_answer(code, &body, retry_after))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn status(code: u16, reason: &str, message: &str, details: serde_json::Value) -> Vec<u8> {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "details": details, "code": code})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn answers_are_classified_by_the_policy() {
+        let invalid = status(
+            422,
+            "Invalid",
+            "Workflow.argoproj.io \"ferry-12\" is invalid: spec.templates[1].container.image: Required value",
+            json!({"name": "ferry-12", "group": "argoproj.io", "kind": "Workflow",
+                   "causes": [{"reason": "FieldValueRequired", "field": "spec.templates[1].container.image"}]}),
+        );
+        let f = Failure::from_answer(422, &invalid, None);
+        assert_eq!((f.verdict, f.code), (Verdict::Rejected, Some(422)));
+        assert!(
+            f.message.ends_with("container.image: Required value"),
+            "{}",
+            f.message
+        );
+
+        let busy = status(
+            429,
+            "TooManyRequests",
+            "too many requests",
+            json!({"retryAfterSeconds": 3}),
+        );
+        let f = Failure::from_answer(429, &busy, None);
+        assert_eq!(
+            (f.verdict, f.retry_after),
+            (Verdict::Retry, Some(Duration::from_secs(3)))
+        );
+        let f = Failure::from_answer(
+            429,
+            b"Too many requests, please try again later.\n",
+            Some(Duration::from_secs(7)),
+        );
+        assert_eq!(
+            (f.verdict, f.retry_after),
+            (Verdict::Retry, Some(Duration::from_secs(7)))
+        );
+        assert_eq!(f.message, "Too many requests, please try again later.");
+
+        let f = Failure::from_answer(503, b"", None);
+        assert_eq!(
+            (f.verdict, f.message.as_str()),
+            (Verdict::Retry, "HTTP 503")
+        );
+        let no_ns = status(
+            404,
+            "NotFound",
+            "namespaces \"ml-team\" not found",
+            json!({"name": "ml-team", "kind": "namespaces"}),
+        );
+        assert_eq!(
+            Failure::from_answer(404, &no_ns, None).verdict,
+            Verdict::Rejected
+        );
+        let no_wf = status(
+            404,
+            "NotFound",
+            "workflows.argoproj.io \"ferry-12\" not found",
+            json!({"name": "ferry-12", "group": "argoproj.io", "kind": "workflows"}),
+        );
+        assert_eq!(
+            Failure::from_answer(404, &no_wf, None).verdict,
+            Verdict::NotFound
+        );
+        let forbidden = status(
+            403,
+            "Forbidden",
+            "workflows.argoproj.io is forbidden: User \"system:serviceaccount:ferry:ferry\" cannot create resource \"workflows\"",
+            json!({}),
+        );
+        assert_eq!(
+            Failure::from_answer(403, &forbidden, None).verdict,
+            Verdict::Unavailable
+        );
+        let f = Failure::from_answer(400, &status(400, "BadRequest", "", json!({})), None);
+        assert_eq!(
+            (f.verdict, f.message.as_str()),
+            (Verdict::Rejected, "400 BadRequest")
+        );
+    }
+
+    fn quick() -> ArgoSettings {
+        let mut s = ArgoSettings::new("ml-team");
+        s.retry_backoff.first = Duration::from_millis(1);
+        s.retry_backoff.max = Duration::from_millis(4);
+        s.max_retry_after = Duration::from_secs(2);
+        s
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_others_are_not() {
+        let calls = AtomicU32::new(0);
+        let out = retrying(&quick(), "test", || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(Failure::from_answer(
+                    500,
+                    b"etcdserver: leader changed",
+                    None,
+                )),
+                _ => Ok("created"),
+            }
+        })
+        .await;
+        assert_eq!(out.map_err(|f| f.message), Ok("created"));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let calls = AtomicU32::new(0);
+        let out: Result<(), Failure> = retrying(&quick(), "test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Failure::from_answer(422, b"invalid", None))
+        })
+        .await;
+        assert_eq!(out.map_err(|f| f.verdict), Err(Verdict::Rejected));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let calls = AtomicU32::new(0);
+        let out: Result<(), Failure> = retrying(&quick(), "test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Failure::transient("connection refused".into()))
+        })
+        .await;
+        assert_eq!(
+            out.map_err(|f| f.message),
+            Err("connection refused".to_owned())
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "the first try and 3 retries"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_longer_than_allowed_ends_the_call_at_once() {
+        let calls = AtomicU32::new(0);
+        let out: Result<(), Failure> = retrying(&quick(), "test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Failure::from_answer(
+                429,
+                b"slow down",
+                Some(Duration::from_secs(120)),
+            ))
+        })
+        .await;
+        let f = out.expect_err("gives up");
+        assert_eq!(f.verdict, Verdict::Retry);
+        assert_eq!(f.message, "slow down (asked to retry after 120 s)");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_an_answer_times_out_and_is_retried() {
+        let mut settings = quick();
+        settings.request_timeout = Duration::from_millis(20);
+        settings.retries = 1;
+        let calls = AtomicU32::new(0);
+        let out: Result<(), Failure> = retrying(&settings, "test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        })
+        .await;
+        let f = out.expect_err("times out");
+        assert!(
+            f.message
+                .starts_with("no answer from the Kubernetes API within"),
+            "{}",
+            f.message
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
