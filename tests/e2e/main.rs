@@ -10,10 +10,13 @@
 //! - `hostile_yaml`: alias bombs, huge files and deep nesting are refused.
 //! - `intake`: webhook deliveries over HTTP: fixtures, bad secrets, redeliveries, concurrency.
 //! - `planning`: pushes to real git repositories become exactly the runs they trigger.
+//! - `fake_k8s`: the fake Kubernetes API through the real `kube` client and watcher; the Argo
+//!   status documents of its controller stand-in.
 
 mod argo_schema;
 mod cli;
 mod distributed;
+mod fake_k8s;
 mod gates;
 mod hostile_yaml;
 mod injection;
