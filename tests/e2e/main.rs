@@ -10,9 +10,12 @@
 //! - `hostile_yaml`: alias bombs, huge files and deep nesting are refused.
 //! - `intake`: webhook deliveries over HTTP: fixtures, bad secrets, redeliveries, concurrency.
 //! - `planning`: pushes to real git repositories become exactly the runs they trigger.
+//! - `argo_executor`: the Argo executor against the fake Kubernetes API: create, `409`, `422`,
+//!   retries, watch to observations, dropped watches and `410`, cancel, TTL deletion, reconcile.
 //! - `fake_k8s`: the fake Kubernetes API through the real `kube` client and watcher; the Argo
 //!   status documents of its controller stand-in.
 
+mod argo_executor;
 mod argo_schema;
 mod cli;
 mod distributed;

@@ -13,168 +13,33 @@
 //! store still has open, adopts those that exist and reports the others gone. *Cancel* sets
 //! `spec.shutdown` with a merge patch; Argo then stops the workflow.
 //!
-//! Built from `argo:` in `ferry.yaml` ([`ArgoSettings::for_config`], [`client_from`]).
+//! Built from `argo:` in `ferry.yaml`: [`client_from`] its `kubeconfig`, then
+//! [`ArgoSettings::for_config`] and [`ArgoExecutor::new`].
 
-mod api;
+mod client;
+mod config;
 mod follow;
 pub mod status;
 pub mod workflow;
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use super::{
     BoxFuture, CancelMode, ExecError, Executor, Job, Observation, Observations, SubmitError,
 };
-use crate::config::Config;
 use crate::profile::Profile;
 use crate::render::Renderer;
 use crate::store::{Run, RunId};
-use api::{Failure, Verdict, retrying};
+use client::{Failure, Verdict, retrying};
 use follow::{Follower, gone};
 use status::observe;
 use workflow::{RUN_ID_LABEL, Workflow, run_id_of, workflow_name, workflow_resource};
 
-/// Resolves the namespace of a stored run (from its project's configuration).
-pub type NamespaceOf = Arc<dyn Fn(&Run) -> String + Send + Sync>;
-
-/// Capped exponential back-off: `first`, twice that, and so on up to `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackoffPolicy {
-    /// The first delay.
-    pub first: Duration,
-    /// The longest delay.
-    pub max: Duration,
-}
-
-impl BackoffPolicy {
-    /// The delay before retry number `attempt` (counted from 0).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.first.saturating_mul(factor).min(self.max)
-    }
-}
-
-/// How the Argo executor talks to the cluster.
-#[derive(Clone)]
-pub struct ArgoSettings {
-    /// The namespace of runs whose context names none, and of `ping`.
-    pub namespace: String,
-    /// The namespace of a stored run (reconcile); by default [`ArgoSettings::namespace`].
-    pub namespace_of: NamespaceOf,
-    /// Retries of a transient failure inside one call (after the first try).
-    pub retries: u32,
-    /// The back-off between those retries.
-    pub retry_backoff: BackoffPolicy,
-    /// The longest `Retry-After` waited for inside a call; a longer one ends the call as
-    /// unavailable (the service submits again later).
-    pub max_retry_after: Duration,
-    /// The time limit of one API request (watches excepted).
-    pub request_timeout: Duration,
-    /// The back-off of a watcher after an error.
-    pub watch_backoff: BackoffPolicy,
-    /// How long the server keeps one watch request open before the watcher re-watches.
-    pub watch_timeout_secs: u32,
-    /// Objects per page of a list (the watcher's relists and reconcile).
-    pub list_page_size: u32,
-}
-
-impl std::fmt::Debug for ArgoSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArgoSettings")
-            .field("namespace", &self.namespace)
-            .field("retries", &self.retries)
-            .field("retry_backoff", &self.retry_backoff)
-            .field("max_retry_after", &self.max_retry_after)
-            .field("request_timeout", &self.request_timeout)
-            .field("watch_backoff", &self.watch_backoff)
-            .field("watch_timeout_secs", &self.watch_timeout_secs)
-            .field("list_page_size", &self.list_page_size)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ArgoSettings {
-    /// Defaults, with every run in `namespace`: 3 retries from 250 ms up to 4 s, `Retry-After` up
-    /// to 30 s, 20 s per request; watchers back off from 800 ms up to 30 s (client-go's figures)
-    /// and re-watch every 290 s; lists in pages of 500.
-    pub fn new(namespace: impl Into<String>) -> ArgoSettings {
-        let namespace = namespace.into();
-        let default = namespace.clone();
-        ArgoSettings {
-            namespace,
-            namespace_of: Arc::new(move |_| default.clone()),
-            retries: 3,
-            retry_backoff: BackoffPolicy {
-                first: Duration::from_millis(250),
-                max: Duration::from_secs(4),
-            },
-            max_retry_after: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(20),
-            watch_backoff: BackoffPolicy {
-                first: Duration::from_millis(800),
-                max: Duration::from_secs(30),
-            },
-            watch_timeout_secs: 290,
-            list_page_size: 500,
-        }
-    }
-
-    /// Defaults for a server configuration: the default namespace is `argo.namespace`, else the
-    /// client's (its kubeconfig context's, or `default`); a run's namespace is its project's
-    /// `namespace`, else the default.
-    pub fn for_config(config: &Config, client: &kube::Client) -> ArgoSettings {
-        let default = config
-            .argo
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        let by_project: BTreeMap<String, String> = config
-            .projects
-            .iter()
-            .filter_map(|p| Some((p.name.clone(), p.namespace.clone()?)))
-            .collect();
-        let fallback = default.clone();
-        ArgoSettings {
-            namespace_of: Arc::new(move |run: &Run| {
-                by_project
-                    .get(&run.project)
-                    .cloned()
-                    .unwrap_or_else(|| fallback.clone())
-            }),
-            ..ArgoSettings::new(default)
-        }
-    }
-}
-
-/// A client for the cluster: from the kubeconfig at `path`, or inferred (`KUBECONFIG`,
-/// `~/.kube/config`, then the in-cluster service account) when there is none. The client's own
-/// retry layer is off: the executor retries under its own policy (`api`).
-pub async fn client_from(path: Option<&Path>) -> Result<kube::Client, ExecError> {
-    let mut config = match path {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
-                ExecError(format!("cannot read kubeconfig {}: {e}", path.display()))
-            })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| ExecError(format!("kubeconfig {}: {e}", path.display())))?
-        }
-        None => kube::Config::infer().await.map_err(|e| {
-            ExecError(format!(
-                "no Kubernetes configuration found (KUBECONFIG, ~/.kube/config, in-cluster): {e}"
-            ))
-        })?,
-    };
-    config.default_retry = false;
-    kube::Client::try_from(config)
-        .map_err(|e| ExecError(format!("cannot build a Kubernetes client: {e}")))
-}
+pub use client::client_from;
+pub use config::{ArgoSettings, BackoffPolicy, NamespaceOf};
 
 /// Runs as Argo Workflows.
 pub struct ArgoExecutor {
@@ -290,7 +155,7 @@ impl ArgoExecutor {
     ) -> Result<Option<Workflow>, Failure> {
         let api = self.api(namespace);
         retrying(&self.settings, "create workflow", || async {
-            match api::create(&api, &self.client, body.clone()).await {
+            match client::create(&api, &self.client, body.clone()).await {
                 Ok(()) => Ok(None),
                 Err(f) if f.code == Some(409) => match api.get_opt(name).await {
                     Ok(Some(existing)) => Ok(Some(existing)),
@@ -347,7 +212,7 @@ impl ArgoExecutor {
         let patch = serde_json::json!({ "spec": { "shutdown": strategy } });
         let api = self.api(namespace);
         let params = PatchParams {
-            field_manager: Some(api::FIELD_MANAGER.to_owned()),
+            field_manager: Some(client::FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
         };
         let result = retrying(&self.settings, "cancel workflow", || async {
@@ -416,6 +281,7 @@ impl ArgoExecutor {
         wanted: &[RunId],
     ) -> Result<BTreeMap<RunId, Observation>, ExecError> {
         let api = self.api(namespace);
+        let wanted: HashSet<RunId> = wanted.iter().copied().collect();
         let mut found = BTreeMap::new();
         let mut next: Option<String> = None;
         loop {
@@ -492,31 +358,5 @@ impl Executor for ArgoExecutor {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(self.ping_api())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::workflow::label_run_id;
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        let b = BackoffPolicy {
-            first: Duration::from_millis(250),
-            max: Duration::from_secs(4),
-        };
-        let delays: Vec<u128> = (0..7).map(|a| b.delay(a).as_millis()).collect();
-        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000]);
-        assert_eq!(b.delay(u32::MAX), Duration::from_secs(4));
-    }
-
-    #[test]
-    fn run_id_labels_parse_strictly() {
-        assert_eq!(label_run_id("12").map(RunId::get), Some(12));
-        assert_eq!(label_run_id("0"), None);
-        assert_eq!(label_run_id("-3"), None);
-        assert_eq!(label_run_id("12a"), None);
-        assert_eq!(label_run_id(""), None);
     }
 }

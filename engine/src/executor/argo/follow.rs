@@ -7,13 +7,15 @@
 //! back-off step, not a hot loop.
 //!
 //! Memory is per followed run, not per object: the table holds a run's namespace (shared), the
-//! fingerprint of the last observation sent and two small markers, and objects are dropped as soon
-//! as they are mapped. A run leaves the table when its final observation is sent; workflows of
-//! runs not in the table (finished long ago, or not ferry's to follow) are ignored.
+//! fingerprint of the last observation sent and three small markers, and objects are dropped as
+//! soon as they are mapped (`Workflow` keeps only the fields the mapping reads). A run leaves the
+//! table when its final observation is sent; workflows of runs not in the table (finished long
+//! ago, or not ferry's to follow) are ignored.
 //!
-//! A workflow deleted while its run is unfinished makes the run [`Phase::Gone`]: seen directly as a
-//! delete event, or, when the delete fell into a gap that ended in a relist, as a run the watcher
-//! had seen before that is missing from the complete new list.
+//! A workflow deleted while its run is unfinished makes the run [`Phase::Gone`]: seen directly as
+//! a delete event, or, when the delete fell into a gap that ended in a relist, as a run whose
+//! workflow was seen before and is missing from a complete list begun after the run joined the
+//! table. (A list begun earlier may predate the workflow itself.)
 
 use std::collections::HashMap;
 use std::pin::pin;

@@ -178,7 +178,7 @@ fn step(node: &Node, nodes: &Nodes) -> Option<StepObservation> {
         NodePhase::Running if attempts == 0 => s.message = latest.or(s.message),
         NodePhase::Running => {
             s.state = StepState::Running;
-            s.message = last_failure.or(s.message);
+            s.message = last_failure.or(latest).or(s.message);
         }
         NodePhase::Succeeded => {
             s.state = StepState::Succeeded;

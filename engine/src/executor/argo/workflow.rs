@@ -255,3 +255,17 @@ fn string_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_labels_parse_strictly() {
+        assert_eq!(label_run_id("12").map(RunId::get), Some(12));
+        assert_eq!(label_run_id("0"), None);
+        assert_eq!(label_run_id("-3"), None);
+        assert_eq!(label_run_id("12a"), None);
+        assert_eq!(label_run_id(""), None);
+    }
+}

@@ -1,23 +1,50 @@
-//! Calls to the Kubernetes API under one error policy.
+//! The Kubernetes client, and calls to the API under one error policy.
 //!
 //! The policy, in one place: every call has a time limit; connection errors, time-outs, `429`,
 //! `408` and `5xx` are *transient* and retried a few times with capped exponential back-off
 //! (`429`'s `Retry-After` is honoured, from the header or from the `Status` body); `401`/`403`
 //! and unreadable answers make ferry *unavailable* for now (the operator can fix them; the run is
 //! submitted again later); the other `4xx` *reject* the request with the API server's message.
-//! The client's own retry layer is switched off (`client_from`), so this is the only one.
+//! The client's own retry layer is switched off ([`client_from`]), so this is the only one.
 //!
 //! `create` is sent as a raw request rather than through `Api::create`: kube turns an error answer
 //! into a `Status` and drops the headers, and `Retry-After` lives in a header.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::Status;
 
 use super::ArgoSettings;
 use super::workflow::Workflow;
+use crate::executor::ExecError;
+
+/// A client for the cluster: from the kubeconfig at `path`, or inferred (`KUBECONFIG`,
+/// `~/.kube/config`, then the in-cluster service account) when there is none. The client's own
+/// retry layer is off: the executor retries under its own policy (`api`).
+pub async fn client_from(path: Option<&Path>) -> Result<kube::Client, ExecError> {
+    let mut config = match path {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
+                ExecError(format!("cannot read kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| ExecError(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            ExecError(format!(
+                "no Kubernetes configuration found (KUBECONFIG, ~/.kube/config, in-cluster): {e}"
+            ))
+        })?,
+    };
+    config.default_retry = false;
+    kube::Client::try_from(config)
+        .map_err(|e| ExecError(format!("cannot build a Kubernetes client: {e}")))
+}
 
 /// The field manager ferry writes as.
 pub const FIELD_MANAGER: &str = "ferry";
