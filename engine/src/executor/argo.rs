@@ -4,7 +4,7 @@
 //! name is fixed, so a repeated submit meets `409 AlreadyExists`: if the existing workflow carries
 //! this run's `ferry.dev/run-id` label it is adopted (a crash between create and the store's write
 //! is harmless), otherwise the submit is rejected. Transient API failures are retried inside
-//! submit a few times (`api`), then reported as [`SubmitError::Unavailable`] for the service to
+//! submit a few times (`client`), then reported as [`SubmitError::Unavailable`] for the service to
 //! try again later.
 //!
 //! *Following* is level-triggered (`follow`): one watcher per namespace in use turns every change
@@ -117,31 +117,16 @@ impl ArgoExecutor {
             .unwrap_or(&self.settings.namespace);
         let name = workflow_name(job.run_id);
         let new = self.follower.follow(job.run_id, namespace, false);
-        let outcome = self.create(namespace, &name, body).await;
-        let result = match outcome {
+        let result = match self.create(namespace, &name, body).await {
             Ok(None) => {
                 tracing::info!(run.id = %job.run_id, namespace, workflow = %name, "workflow created");
                 Ok(())
             }
             Ok(Some(existing)) => self.adopt(job.run_id, namespace, &existing).await,
-            Err(f) => Err(match f.verdict {
-                Verdict::Rejected => SubmitError::Rejected(format!(
-                    "Kubernetes refused workflow {name} in namespace {namespace}: {}",
-                    f.message
-                )),
-                Verdict::Retry | Verdict::Unavailable | Verdict::NotFound => {
-                    SubmitError::Unavailable(format!(
-                        "cannot create workflow {name} in namespace {namespace}: {}",
-                        f.message
-                    ))
-                }
-            }),
+            Err(f) => Err(submit_error(&f, &name, namespace)),
         };
-        if let Err(e) = &result {
-            tracing::warn!(run.id = %job.run_id, namespace, error = %e, "submit failed");
-            if new {
-                self.follower.unfollow(job.run_id);
-            }
+        if result.is_err() && new {
+            self.follower.unfollow(job.run_id);
         }
         result
     }
@@ -327,6 +312,22 @@ impl ArgoExecutor {
                 "no answer from the Kubernetes API within {} s",
                 self.settings.request_timeout.as_secs_f32()
             ))),
+        }
+    }
+}
+
+/// What a failed create means for the run (the service logs it and records it on the run).
+fn submit_error(f: &Failure, name: &str, namespace: &str) -> SubmitError {
+    match f.verdict {
+        Verdict::Rejected => SubmitError::Rejected(format!(
+            "Kubernetes refused workflow {name} in namespace {namespace}: {}",
+            f.message
+        )),
+        Verdict::Retry | Verdict::Unavailable | Verdict::NotFound => {
+            SubmitError::Unavailable(format!(
+                "cannot create workflow {name} in namespace {namespace}: {}",
+                f.message
+            ))
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::executor::ExecError;
 
 /// A client for the cluster: from the kubeconfig at `path`, or inferred (`KUBECONFIG`,
 /// `~/.kube/config`, then the in-cluster service account) when there is none. The client's own
-/// retry layer is off: the executor retries under its own policy (`api`).
+/// retry layer is off: the executor retries under its own policy (this module's).
 pub async fn client_from(path: Option<&Path>) -> Result<kube::Client, ExecError> {
     let mut config = match path {
         Some(path) => {
@@ -54,7 +54,7 @@ pub const FIELD_MANAGER: &str = "ferry";
 pub enum Verdict {
     /// Try again soon (connection, time-out, `429`, `5xx`).
     Retry,
-    /// Not now: the caller gives up for this time (`401`, `403`, retries used up).
+    /// Not now: the caller gives up for this time (`401`, `403`, an unreadable answer).
     Unavailable,
     /// Never as it is (`400`, `422`, a missing namespace).
     Rejected,

@@ -47,7 +47,9 @@ pub struct ArgoSettings {
     pub watch_backoff: BackoffPolicy,
     /// How long the server keeps one watch request open before the watcher re-watches.
     pub watch_timeout_secs: u32,
-    /// Objects per page of a list (the watcher's relists and reconcile).
+    /// Objects per page of a list (the watcher's relists and reconcile). A page is read whole
+    /// before it is parsed, and a rendered workflow with its status is some 30 KiB of JSON, so
+    /// this bounds the memory a relist of thousands of workflows takes at once.
     pub list_page_size: u32,
 }
 
@@ -69,7 +71,7 @@ impl std::fmt::Debug for ArgoSettings {
 impl ArgoSettings {
     /// Defaults, with every run in `namespace`: 3 retries from 250 ms up to 4 s, `Retry-After` up
     /// to 30 s, 20 s per request; watchers back off from 800 ms up to 30 s (client-go's figures)
-    /// and re-watch every 290 s; lists in pages of 500.
+    /// and re-watch every 290 s; lists in pages of 100 (about 3 MiB of JSON).
     pub fn new(namespace: impl Into<String>) -> ArgoSettings {
         let namespace = namespace.into();
         let default = namespace.clone();
@@ -88,7 +90,7 @@ impl ArgoSettings {
                 max: Duration::from_secs(30),
             },
             watch_timeout_secs: 290,
-            list_page_size: 500,
+            list_page_size: 100,
         }
     }
 
