@@ -1038,3 +1038,35 @@ async fn status_while_running_and_pending() {
         .build();
     assert_eq!(errored["phase"], "Error");
 }
+
+#[tokio::test]
+async fn status_with_a_suspended_approval_gate() {
+    let mut workflow = manifest(15);
+    let templates = workflow["spec"]["templates"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("templates"));
+    templates.push(json!({"name": "approve", "suspend": {}}));
+    let dag = templates[0]["dag"]["tasks"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("the DAG comes first"));
+    dag.push(json!({"name": "approve", "template": "approve", "depends": "evaluate.Succeeded"}));
+    let status = StatusBuilder::for_workflow(&workflow)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .task("train", TaskOutcome::succeeded())
+        .task("evaluate", TaskOutcome::succeeded())
+        .task("approve", TaskOutcome::running())
+        .build();
+    assert_schema_valid(&workflow, &status);
+    assert_eq!(status["phase"], "Running");
+    let approve = node(&status, "ferry-15.approve");
+    assert_eq!(
+        (approve["type"].as_str(), approve["phase"].as_str()),
+        (Some("Suspend"), Some("Running"))
+    );
+    assert!(approve.get("finishedAt").is_none());
+    assert_eq!(
+        node(&status, "ferry-15.evaluate(0)")["children"],
+        json!([approve["id"]])
+    );
+    assert_eq!(status["progress"], "2/2", "a Suspend node is no pod");
+}

@@ -84,25 +84,20 @@ impl Fault {
     }
 
     /// Whether the fault applies to this request.
-    fn matches(&self, method: &Method, path: &str, watch: bool) -> bool {
+    fn matches(&self, request: &RequestRecord) -> bool {
         self.remaining > 0
-            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.method.as_ref().is_none_or(|m| *m == request.method)
             && self
                 .path_contains
                 .as_deref()
-                .is_none_or(|p| path.contains(p))
-            && self.watch.is_none_or(|w| w == watch)
+                .is_none_or(|p| request.path.contains(p))
+            && self.watch.is_none_or(|w| w == request.is_watch())
     }
 }
 
 /// Takes one use of the first fault that applies to a request and returns its action.
-pub fn take(
-    faults: &mut Vec<Fault>,
-    method: &Method,
-    path: &str,
-    watch: bool,
-) -> Option<FaultAction> {
-    let fault = faults.iter_mut().find(|f| f.matches(method, path, watch))?;
+pub fn take(faults: &mut Vec<Fault>, request: &RequestRecord) -> Option<FaultAction> {
+    let fault = faults.iter_mut().find(|f| f.matches(request))?;
     fault.remaining -= 1;
     let action = fault.action.clone();
     faults.retain(|f| f.remaining > 0);

@@ -53,17 +53,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 /// Checks the token, applies the first matching fault, serves, and logs the request.
 async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    let watch = faults::url_params(&query)
-        .iter()
-        .any(|(k, v)| k == "watch" && is_true(v));
-    let fault = faults::take(&mut shared.faults(), &method, &path, watch);
+    let mut record = RequestRecord {
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        query: req.uri().query().unwrap_or_default().to_owned(),
+        status: 0,
+        fault: None,
+    };
+    record.fault = faults::take(&mut shared.faults(), &record);
     let response = if !authorized(shared.token.as_deref(), req.headers()) {
         ApiError::unauthorized().into_response()
     } else {
-        match &fault {
+        match &record.fault {
             Some(FaultAction::TooManyRequests { retry_after_secs }) => {
                 ApiError::too_many_requests(*retry_after_secs).into_response()
             }
@@ -77,13 +78,8 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
             None => next.run(req).await,
         }
     };
-    shared.requests().push(RequestRecord {
-        method,
-        path,
-        query,
-        status: response.status().as_u16(),
-        fault,
-    });
+    record.status = response.status().as_u16();
+    shared.requests().push(record);
     shared.changed.notify_waiters();
     response
 }
@@ -184,7 +180,14 @@ fn list(
         }
         None => (None, None),
     };
-    let page = shared.with_store(|s| s.page(ns, selectors, at, start.as_ref(), limit))?;
+    let page = shared.with_store(|s| s.page(ns, selectors, at, start.as_ref(), limit));
+    let page = page.map_err(|e| match (e.code, &start) {
+        (410, Some(_)) => ApiError::expired(
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter.",
+        ),
+        _ => e,
+    })?;
     let mut metadata = json!({"resourceVersion": page.rv.to_string()});
     if page.remaining > 0
         && let Some(last) = &page.last
@@ -219,6 +222,14 @@ fn decode_continue(token: &str) -> Result<(u64, Key), ApiError> {
     Ok((rv, (ns, name)))
 }
 
+/// The object with `code`, or the error's Status.
+fn answer(code: StatusCode, result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(object) => (code, axum::Json(object)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn json_body(bytes: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(format!("the body of the request is not valid JSON: {e}"))
@@ -237,20 +248,14 @@ async fn create(
 ) -> Response {
     let created =
         json_body(&body).and_then(|body| shared.with_store(|s| s.create(&ns, body, dry_run(&q))));
-    match created {
-        Ok(object) => (StatusCode::CREATED, axum::Json(object)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(StatusCode::CREATED, created)
 }
 
 async fn get_one(
     State(shared): State<Arc<Shared>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    match shared.with_store(|s| s.get(&ns, &name)) {
-        Ok(object) => axum::Json(object).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(StatusCode::OK, shared.with_store(|s| s.get(&ns, &name)))
 }
 
 async fn patch(
@@ -269,10 +274,7 @@ async fn patch(
     }
     let patched =
         json_body(&body).and_then(|p| shared.with_store(|s| s.merge_patch(&ns, &name, &p)));
-    match patched {
-        Ok(object) => axum::Json(object).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(StatusCode::OK, patched)
 }
 
 async fn delete(
@@ -300,8 +302,5 @@ async fn delete(
         }
         shared.with_store(|s| s.delete(&ns, &name, &pre))
     });
-    match deleted {
-        Ok(answer) => axum::Json(answer).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(StatusCode::OK, deleted)
 }

@@ -56,8 +56,20 @@
 //! ## Controller stand-in
 //! `get(ns, name)`, `workflows()`, `create(ns, object)` (as a POST would),
 //! `set_status(ns, name, status)`, `update(ns, name, |obj| ..)`, `delete_now(ns, name)` (as
-//! the TTL controller does: `DELETED` at once), `status_builder(ns, name)` ->
-//! [`StatusBuilder`] with [`TaskOutcome`]s (see the `status` module).
+//! the TTL controller does: `DELETED` at once, finalizers or not), and
+//! `status_builder(ns, name)` -> [`StatusBuilder`] (or `StatusBuilder::for_workflow(&json)`),
+//! which reads the workflow's entrypoint DAG and templates. Per task that has started:
+//! `.task(name, TaskOutcome::pending() | running() | succeeded() | failed(msg) | errored(msg)
+//! | skipped() | omitted())`, where `skipped` is a false `when` and `omitted` an unmet
+//! `depends`, refined with `.attempts(n)`, `.output(name, value)`, `.metrics(&json)`,
+//! `.message(..)`. For the workflow: optional `.phase(..)`, `.message(..)`, `.compressed()` or
+//! `.offloaded()`; then `.build()`. A task whose template is a `suspend` becomes a `Suspend`
+//! node (Running until resumed). Tasks whose template has a `retryStrategy` become `Retry`
+//! nodes with `Pod` attempts `task(0)`,
+//! `task(1)`..; a failure their policy retries uses every allowed attempt unless
+//! `.attempts(n)` says otherwise, and the Retry node then says `No more retries left` while
+//! the last attempt carries the message. Node ids are Argo's (`node_id(workflow, name)`);
+//! `decompress_nodes` reads `compressedNodes`. The documents pass Argo's strict schemas.
 //!
 //! ## Watches, faults, the request log
 //! `drop_watches()` (cut every open watch connection), `send_bookmarks()`, `compact()`
@@ -68,6 +80,17 @@
 //! `.watch()`, counted by `.times(n)`), `clear_faults()`; `requests() -> Vec<RequestRecord>`,
 //! `count(method, path)`, `clear_requests()`; `wait_until(what, |fake| cond).await` (woken by
 //! every request and change; panics with the request log after 30 s).
+//!
+//! ## Worth knowing
+//! - `client()` is kube's default client, which retries `429`/`503`/`504` itself (honouring
+//!   `Retry-After`): an injected 429 shows up as a retry in `requests()`, not as an error.
+//!   `client_in_process()` has no retry layer, so there the 429 reaches the caller.
+//! - A dropped watch ends the response with an error (a reset connection); kube reads it as
+//!   the end of the stream and re-watches from its last version without relisting.
+//! - Not reproduced: PUT, server-side apply, strategic and JSON patches (`415`), a status
+//!   subresource (Argo's CRD has none, so status changes bump `generation`), `managedFields`,
+//!   deleting collections, `NotOlderThan` waits for a future version (the current state is
+//!   answered), defaulting and pruning.
 
 mod api_error;
 mod argo;
@@ -309,9 +332,7 @@ impl FakeKube {
 
     /// Creates a workflow as a `POST` would (same checks), emitting `ADDED`.
     pub fn create(&self, ns: &str, object: Value) -> anyhow::Result<Value> {
-        self.shared
-            .with_store(|s| s.create(ns, object, false))
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
+        Ok(self.shared.with_store(|s| s.create(ns, object, false))?)
     }
 
     /// Replaces `status` (as the Argo controller does), emitting `MODIFIED`.
@@ -326,20 +347,16 @@ impl FakeKube {
         name: &str,
         f: impl FnOnce(&mut Value),
     ) -> anyhow::Result<Value> {
-        self.shared
-            .with_store(|s| {
-                let mut next = s.get(ns, name)?;
-                f(&mut next);
-                s.update(ns, name, next)
-            })
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
+        Ok(self.shared.with_store(|s| {
+            let mut next = s.get(ns, name)?;
+            f(&mut next);
+            s.update(ns, name, next)
+        })?)
     }
 
     /// Deletes a workflow at once, finalizers or not (the TTL controller), emitting `DELETED`.
     pub fn delete_now(&self, ns: &str, name: &str) -> anyhow::Result<Value> {
-        self.shared
-            .with_store(|s| s.remove(ns, name))
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
+        Ok(self.shared.with_store(|s| s.remove(ns, name))?)
     }
 
     /// A [`StatusBuilder`] for a stored workflow.

@@ -12,6 +12,7 @@
 //!   attempt its `limit` allows unless told otherwise; a Retry node that ran out of attempts says
 //!   `No more retries left`, its last attempt carries the real failure; a succeeded Retry node
 //!   copies its last attempt's outputs;
+//! - `Suspend` nodes for tasks whose template is a `suspend` (Running until resumed);
 //! - `Skipped` nodes for a false `when` (`when 'false' evaluated false`, the expression after
 //!   substitution) and for an unmet `depends` (phase `Omitted`,
 //!   `omitted: depends condition not met`);
@@ -305,6 +306,19 @@ impl StatusBuilder {
         root
     }
 
+    /// The fields every node of a task (or attempt) `name` shares.
+    fn node(&self, name: &str, display: &str, template: &str, kind: &str) -> Value {
+        json!({
+            "id": node_id(&self.workflow, name),
+            "name": name,
+            "displayName": display,
+            "type": kind,
+            "templateName": template,
+            "templateScope": format!("local/{}", self.workflow),
+            "boundaryID": self.workflow,
+        })
+    }
+
     /// Adds the nodes of one task; returns its node id and its outbound node id.
     fn task_nodes(
         &self,
@@ -314,27 +328,7 @@ impl StatusBuilder {
         nodes: &mut Map<String, Value>,
     ) -> (String, String) {
         let name = format!("{}.{}", self.workflow, task.name);
-        let id = node_id(&self.workflow, &name);
-        let started = 120 * index as i64 + 5;
-        let mut node = json!({
-            "id": id,
-            "name": name,
-            "displayName": task.name,
-            "templateName": task.template,
-            "templateScope": format!("local/{}", self.workflow),
-            "phase": outcome.phase.as_str(),
-            "boundaryID": self.workflow,
-            "startedAt": self.at(started),
-        });
-        if let Some(message) = &outcome.message {
-            node["message"] = message.clone().into();
-        }
-        if !outcome.phase.ran() {
-            node["type"] = "Skipped".into();
-            node["finishedAt"] = self.at(started).into();
-            nodes.insert(id.clone(), node);
-            return (id.clone(), id);
-        }
+        let start = 120 * index as i64 + 5;
         let template = self
             .templates
             .get(&task.template)
@@ -344,75 +338,80 @@ impl StatusBuilder {
         let attempts = outcome
             .attempts
             .unwrap_or_else(|| default_attempts(retry, outcome.phase));
-        if retry.is_null() && attempts == 1 {
-            node["type"] = "Pod".into();
-            self.fill_pod(
+        let kind = if !outcome.phase.ran() {
+            "Skipped"
+        } else if !template["suspend"].is_null() {
+            "Suspend"
+        } else if retry.is_null() && attempts == 1 {
+            "Pod"
+        } else {
+            "Retry"
+        };
+        let mut node = self.node(&name, &task.name, &task.template, kind);
+        let id = node["id"].as_str().unwrap_or_default().to_owned();
+        if kind == "Retry" {
+            let last = self.attempt_nodes(task, &template, outcome, attempts, start, nodes);
+            finish_retry(
                 &mut node,
-                &template,
                 outcome.phase,
-                &outcome.outputs,
-                started,
+                exhausted(retry, attempts),
+                nodes,
+                &last,
             );
             nodes.insert(id.clone(), node);
-            return (id.clone(), id);
+            return (id, last.last().cloned().unwrap_or_default());
         }
-        let mut children = Vec::new();
-        let mut pods = Vec::new();
-        for attempt in 0..attempts {
-            let last = attempt + 1 == attempts;
-            let pod_name = format!("{name}({attempt})");
-            let pod_id = node_id(&self.workflow, &pod_name);
-            let mut pod = json!({
-                "id": pod_id,
-                "name": pod_name,
-                "displayName": format!("{}({attempt})", task.name),
-                "type": "Pod",
-                "templateName": task.template,
-                "templateScope": format!("local/{}", self.workflow),
-                "boundaryID": self.workflow,
-                "nodeFlag": {"retried": true},
-            });
-            let pod_start = started + 60 * i64::from(attempt);
-            if last {
-                if let Some(message) = &outcome.message {
-                    pod["message"] = message.clone().into();
-                }
-                self.fill_pod(
-                    &mut pod,
-                    &template,
-                    outcome.phase,
-                    &outcome.outputs,
-                    pod_start,
-                );
-            } else {
-                pod["message"] = "Error (exit code 1)".into();
-                self.fill_pod(&mut pod, &template, NodePhase::Failed, &[], pod_start);
-            }
-            children.push(pod_id.clone());
-            pods.push(pod.clone());
-            nodes.insert(pod_id, pod);
+        node["phase"] = outcome.phase.as_str().into();
+        node["startedAt"] = self.at(start).into();
+        match kind {
+            "Pod" => self.fill_pod(&mut node, &template, outcome.phase, &outcome.outputs, start),
+            // Skipped nodes finish as they start; a Suspend node finishes when resumed.
+            _ if outcome.phase.finished() => node["finishedAt"] = self.at(start).into(),
+            _ => {}
         }
-        let last = pods.last().cloned().unwrap_or_default();
-        node["type"] = "Retry".into();
-        node["children"] = children.clone().into();
-        let done = pods.iter().filter(|p| p["progress"] == "1/1").count();
-        node["progress"] = format!("{done}/{}", pods.len()).into();
-        if outcome.phase.finished() {
-            node["finishedAt"] = last["finishedAt"].clone();
-            node["resourcesDuration"] = sum_durations(pods.iter());
-        }
-        match outcome.phase {
-            NodePhase::Succeeded => node["outputs"] = last["outputs"].clone(),
-            NodePhase::Failed | NodePhase::Error if exhausted(retry, attempts) => {
-                node["message"] = "No more retries left".into();
-            }
-            // Not retried (e.g. `retryPolicy: OnError` after a failure): the attempt's message.
-            NodePhase::Failed | NodePhase::Error => node["message"] = last["message"].clone(),
-            NodePhase::Pending | NodePhase::Running | NodePhase::Skipped | NodePhase::Omitted => {}
+        if let Some(message) = &outcome.message {
+            node["message"] = message.clone().into();
         }
         nodes.insert(id.clone(), node);
-        let out = children.last().cloned().unwrap_or_else(|| id.clone());
-        (id, out)
+        (id.clone(), id)
+    }
+
+    /// Adds the `Pod` attempts of a retried task (all but the last failed); returns their ids.
+    fn attempt_nodes(
+        &self,
+        task: &Task,
+        template: &Value,
+        outcome: &TaskOutcome,
+        attempts: u32,
+        start: i64,
+        nodes: &mut Map<String, Value>,
+    ) -> Vec<String> {
+        let name = format!("{}.{}", self.workflow, task.name);
+        (0..attempts)
+            .map(|attempt| {
+                let display = format!("{}({attempt})", task.name);
+                let mut pod = self.node(
+                    &format!("{name}({attempt})"),
+                    &display,
+                    &task.template,
+                    "Pod",
+                );
+                pod["nodeFlag"] = json!({"retried": true});
+                let at = start + 60 * i64::from(attempt);
+                if attempt + 1 == attempts {
+                    self.fill_pod(&mut pod, template, outcome.phase, &outcome.outputs, at);
+                    if let Some(message) = &outcome.message {
+                        pod["message"] = message.clone().into();
+                    }
+                } else {
+                    self.fill_pod(&mut pod, template, NodePhase::Failed, &[], at);
+                    pod["message"] = "Error (exit code 1)".into();
+                }
+                let id = pod["id"].as_str().unwrap_or_default().to_owned();
+                nodes.insert(id.clone(), pod);
+                id
+            })
+            .collect()
     }
 
     /// Phase, times, progress, outputs and resource use of a pod node.
@@ -490,6 +489,44 @@ fn dependencies(task: &Value, names: &[&str]) -> Vec<String> {
         }
     }
     deps
+}
+
+/// The Retry node over its attempts: phase, times, progress and resource use from them; a
+/// succeeded one copies the last attempt's outputs; a failed one says `No more retries left`
+/// when the limit was used up, else repeats the last attempt's message.
+fn finish_retry(
+    node: &mut Value,
+    phase: NodePhase,
+    exhausted: bool,
+    nodes: &Map<String, Value>,
+    attempts: &[String],
+) {
+    let pods: Vec<&Value> = attempts.iter().filter_map(|id| nodes.get(id)).collect();
+    let Some(last) = pods.last() else { return };
+    node["phase"] = phase.as_str().into();
+    node["startedAt"] = pods[0]["startedAt"].clone();
+    node["children"] = attempts.into();
+    let done = pods.iter().filter(|p| p["progress"] == "1/1").count();
+    node["progress"] = format!("{done}/{}", pods.len()).into();
+    if phase.finished() {
+        node["finishedAt"] = last["finishedAt"].clone();
+        node["resourcesDuration"] = sum_durations(pods.iter().copied());
+    }
+    match phase {
+        NodePhase::Succeeded if !last["outputs"].is_null() => {
+            node["outputs"] = last["outputs"].clone()
+        }
+        NodePhase::Failed | NodePhase::Error if exhausted => {
+            node["message"] = "No more retries left".into();
+        }
+        // Not retried (e.g. `retryPolicy: OnError` after a failure): the attempt's message.
+        NodePhase::Failed | NodePhase::Error => node["message"] = last["message"].clone(),
+        NodePhase::Succeeded
+        | NodePhase::Pending
+        | NodePhase::Running
+        | NodePhase::Skipped
+        | NodePhase::Omitted => {}
+    }
 }
 
 /// Output parameters with the values given, and the template's `valueFrom` where it declares one.

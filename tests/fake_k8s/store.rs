@@ -143,7 +143,6 @@ impl Store {
         meta.insert("generation".into(), 1.into());
         meta.remove("deletionTimestamp");
         if dry_run {
-            meta.insert("resourceVersion".into(), "".into());
             return Ok(body);
         }
         Ok(self.commit(ChangeKind::Added, key(ns, &name), body, None))
@@ -201,11 +200,14 @@ impl Store {
         self.update(ns, name, next)
     }
 
-    /// Replaces an object with `next` (server-owned metadata kept), emits `MODIFIED` unless
-    /// nothing changed, and finishes a pending deletion once the finalizers are gone.
+    /// Replaces an object with `next` (its name, namespace and server-owned metadata kept),
+    /// emits `MODIFIED` unless nothing changed, or `DELETED` when it removed the last
+    /// finalizer of an object being deleted.
     pub fn update(&mut self, ns: &str, name: &str, mut next: Value) -> Result<Value, ApiError> {
         let current = self.get(ns, name)?;
         for field in [
+            "name",
+            "namespace",
             "uid",
             "creationTimestamp",
             "resourceVersion",
@@ -224,12 +226,14 @@ impl Store {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             metadata_mut(&mut next).insert("generation".into(), generation.into());
         }
-        let deleting = next["metadata"].get("deletionTimestamp").is_some();
-        let updated = self.commit(ChangeKind::Modified, key(ns, name), next, Some(current));
-        if deleting && finalizers_empty(&updated) {
-            return self.remove(ns, name);
-        }
-        Ok(updated)
+        // An update that removes the last finalizer of an object being deleted deletes it.
+        let gone = next["metadata"].get("deletionTimestamp").is_some() && finalizers_empty(&next);
+        let kind = if gone {
+            ChangeKind::Deleted
+        } else {
+            ChangeKind::Modified
+        };
+        Ok(self.commit(kind, key(ns, name), next, Some(current)))
     }
 
     /// Deletes an object: at once when it has no finalizers (answering a `Success` Status, as
@@ -306,16 +310,20 @@ impl Store {
         self.compact();
     }
 
-    /// The objects as they were at `rv` (rebuilt from history), or `410 Expired`.
-    pub fn snapshot_at(&self, rv: u64) -> Result<BTreeMap<Key, Value>, ApiError> {
+    /// `410 Expired` when changes after `rv` are no longer all retained.
+    fn retained_since(&self, rv: u64) -> Result<(), ApiError> {
         if rv < self.compacted {
             return Err(ApiError::expired(format!(
-                "The provided continue parameter is too old to display a consistent list result. \
-                 You can start a new list without the continue parameter, or use the continue \
-                 token in this response to retrieve the remainder of the results. ({rv} < {})",
+                "too old resource version: {rv} ({})",
                 self.compacted
             )));
         }
+        Ok(())
+    }
+
+    /// The objects as they were at `rv` (rebuilt from history), or `410 Expired`.
+    pub fn snapshot_at(&self, rv: u64) -> Result<BTreeMap<Key, Value>, ApiError> {
+        self.retained_since(rv)?;
         let mut objects = self.objects.clone();
         for change in self.history.iter().rev().take_while(|c| c.rv > rv) {
             let key = key_of(&change.object);
@@ -375,14 +383,10 @@ impl Store {
         rx
     }
 
-    /// Changes after `rv`, oldest first, or `None` when `rv` is older than retained history.
-    pub fn changes_since(&self, rv: u64) -> Option<Vec<Arc<Change>>> {
-        (rv >= self.compacted).then(|| self.history.iter().filter(|c| c.rv > rv).cloned().collect())
-    }
-
-    /// The version below which watches get `410 Expired`.
-    pub fn compacted(&self) -> u64 {
-        self.compacted
+    /// Changes after `rv`, oldest first, or `410 Expired` when history no longer holds them all.
+    pub fn changes_since(&self, rv: u64) -> Result<Vec<Arc<Change>>, ApiError> {
+        self.retained_since(rv)?;
+        Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
     }
 
     /// Sends a bookmark at the current version to every open watch.

@@ -126,14 +126,11 @@ pub fn start(
             let rv: u64 = rv
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version \"{rv}\"")))?;
-            let Some(changes) = store.changes_since(rv) else {
-                let gone = ApiError::expired(format!(
-                    "too old resource version: {rv} ({})",
-                    store.compacted()
-                ));
-                return Ok((vec![event("ERROR", gone.to_status())], None));
-            };
-            changes.iter().filter_map(|c| req.event_for(c)).collect()
+            match store.changes_since(rv) {
+                Ok(changes) => changes.iter().filter_map(|c| req.event_for(c)).collect(),
+                // An expired version is one ERROR event, then the end of the stream.
+                Err(gone) => return Ok((vec![event("ERROR", gone.to_status())], None)),
+            }
         }
     };
     Ok((first, Some(store.subscribe())))
