@@ -95,14 +95,14 @@ impl ArgoSettings {
     }
 
     /// Defaults for a server configuration: the default namespace is `argo.namespace`, else the
-    /// client's (its kubeconfig context's, or `default`); a run's namespace is its project's
-    /// `namespace`, else the default.
-    pub fn for_config(config: &Config, client: &kube::Client) -> ArgoSettings {
+    /// client's (`kube::Client::default_namespace`: its kubeconfig context's, or `default`); a
+    /// run's namespace is its project's `namespace`, else the default.
+    pub fn for_config(config: &Config, client_namespace: &str) -> ArgoSettings {
         let default = config
             .argo
             .namespace
             .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
+            .unwrap_or_else(|| client_namespace.to_owned());
         let by_project: BTreeMap<String, String> = config
             .projects
             .iter()
@@ -134,5 +134,46 @@ mod tests {
         let delays: Vec<u128> = (0..7).map(|a| b.delay(a).as_millis()).collect();
         assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000]);
         assert_eq!(b.delay(u32::MAX), Duration::from_secs(4));
+    }
+
+    fn run_of(project: &str) -> Run {
+        Run {
+            id: crate::store::RunId::new(1).expect("positive"),
+            project: project.into(),
+            pipeline: "demo".into(),
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            trigger: crate::pipeline::EventKind::Push,
+            event_id: None,
+            rerun_of: None,
+            git_ref: "refs/heads/main".into(),
+            branch: Some("main".into()),
+            tag: None,
+            mr: None,
+            params: BTreeMap::new(),
+            pipeline_path: ".ferry/demo.yaml".into(),
+            pipeline_yaml: String::new(),
+            state: crate::store::RunState::Submitted,
+            problems: Vec::new(),
+            dedup_key: None,
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn namespaces_come_from_the_project_then_argo_then_the_kubeconfig() {
+        let text = "executor: argo\nprojects:\n  - { name: resnet, repo: r, forge: none, namespace: ml-team }\n  - { name: bert, repo: b, forge: none }\n";
+        let mut config = Config::from_yaml("ferry.yaml", text).expect("valid");
+        let s = ArgoSettings::for_config(&config, "from-context");
+        assert_eq!(s.namespace, "from-context");
+        assert_eq!((s.namespace_of)(&run_of("resnet")), "ml-team");
+        assert_eq!((s.namespace_of)(&run_of("bert")), "from-context");
+        config.argo.namespace = Some("ferry-runs".into());
+        let s = ArgoSettings::for_config(&config, "from-context");
+        assert_eq!(s.namespace, "ferry-runs");
+        assert_eq!((s.namespace_of)(&run_of("bert")), "ferry-runs");
+        assert_eq!((s.namespace_of)(&run_of("resnet")), "ml-team");
     }
 }
