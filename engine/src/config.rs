@@ -111,6 +111,15 @@ pub struct ArgoConfig {
     /// Argo UI base URL, for links.
     #[serde(default)]
     pub ui_url: Option<String>,
+    /// The kubeconfig to use (relative to the config file, like `profile_file`); without it, the
+    /// configuration is inferred (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service
+    /// account).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace of projects that name none (default: the kubeconfig context's, else
+    /// `default`).
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// Which forge a project is on.
@@ -268,6 +277,26 @@ impl Config {
                     .map(|(path, msg)| (format!("profile.{path}"), msg)),
             );
         }
+        if let Some(ns) = &self.argo.namespace
+            && !crate::pipeline::is_dns_label(ns)
+        {
+            out.push((
+                "argo.namespace".into(),
+                format!("`{ns}` is not a namespace name"),
+            ));
+        }
+        if self
+            .argo
+            .kubeconfig
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            out.push((
+                "argo.kubeconfig".into(),
+                "`kubeconfig` is empty: give a path, or leave it out to infer the configuration"
+                    .into(),
+            ));
+        }
         let mut names = BTreeSet::new();
         for (i, p) in self.projects.iter().enumerate() {
             let at = format!("projects[{i}]");
@@ -341,6 +370,30 @@ mod tests {
             .expect_err("typo")
             .to_string();
         assert!(typo.contains("did you mean `listen`?"), "{typo}");
+    }
+
+    #[test]
+    fn argo_settings_are_checked() {
+        let text = "executor: argo\nargo: { kubeconfig: kube/config, namespace: ml-team }\n";
+        let c = Config::from_yaml("ferry.yaml", text).expect("valid");
+        assert_eq!(c.argo.kubeconfig, Some(PathBuf::from("kube/config")));
+        assert_eq!(c.argo.namespace.as_deref(), Some("ml-team"));
+        let bad = "argo:\n  namespace: ML_Team\n  kubeconfig: \"\"\n";
+        let err = Config::from_yaml("ferry.yaml", bad)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.contains("argo.namespace: `ML_Team` is not a namespace name"),
+            "{err}"
+        );
+        assert!(
+            err.contains("argo.kubeconfig: `kubeconfig` is empty"),
+            "{err}"
+        );
+        let typo = Config::from_yaml("ferry.yaml", "argo: { namespce: x }\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(typo.contains("did you mean `namespace`?"), "{typo}");
     }
 
     #[test]

@@ -12,9 +12,12 @@
 //! - `planning`: pushes to real git repositories become exactly the runs they trigger.
 //! - `executing`: runs executed by the local executor through the dispatcher; the embedded-defaults
 //!   demo; restarts; `ferry run`.
+//! - `argo_executor`: the Argo executor against the fake Kubernetes API: create, `409`, `422`,
+//!   retries, watch to observations, dropped watches and `410`, cancel, TTL deletion, reconcile.
 //! - `fake_k8s`: the fake Kubernetes API through the real `kube` client and watcher; the Argo
 //!   status documents of its controller stand-in.
 
+mod argo_executor;
 mod argo_schema;
 mod cli;
 mod distributed;

@@ -10,6 +10,7 @@
 //! Chosen by `executor:` in `ferry.yaml`: `local` (processes on this machine, the embedded
 //! default) or `argo` (Argo Workflows through the Kubernetes API).
 
+pub mod argo;
 pub mod local;
 
 use std::future::Future;
