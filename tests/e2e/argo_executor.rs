@@ -141,6 +141,7 @@ fn stored_run(id: i64, project: &str) -> Run {
         updated_at: 0,
         started_at: None,
         finished_at: None,
+        message: None,
     }
 }
 

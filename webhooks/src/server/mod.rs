@@ -21,7 +21,8 @@ use std::collections::HashMap;
 
 use ferry_engine::config::ExecutorKind;
 use ferry_engine::config::{Config, ProjectForge, redact_url};
-use ferry_engine::executor::Executor;
+use ferry_engine::executor::{Executor, argo};
+use ferry_engine::render::Renderer;
 use ferry_engine::executor::local::{LocalExecutor, LocalSettings};
 use ferry_engine::profile::Profile;
 use ferry_engine::service::dispatch::Dispatcher;
@@ -83,6 +84,12 @@ pub fn load_config(path: Option<&Path>, database_override: Option<String>) -> Re
     let embedded = path.is_none() && !default.exists();
     if let Some(url) = database_override {
         config.database_url = url;
+    }
+    // Like `profile_file`, a relative `argo.kubeconfig` is relative to the config file.
+    if let (Some(file), Some(base)) = (&config.argo.kubeconfig, &base)
+        && file.is_relative()
+    {
+        config.argo.kubeconfig = Some(base.join(file));
     }
     let profile = match (&config.profile, &config.profile_file) {
         (Some(p), _) => p.clone(),
@@ -268,7 +275,7 @@ const OBSERVATION_BUFFER: usize = 4096;
 /// The executor `ferry.yaml` chooses.
 async fn build_executor(
     config: &Config,
-    _profile: &Arc<Profile>,
+    profile: &Arc<Profile>,
     observations: mpsc::Sender<ferry_engine::executor::Observation>,
 ) -> Result<Arc<dyn Executor>> {
     match config.executor {
@@ -281,7 +288,21 @@ async fn build_executor(
             tracing::info!(gpus = executor.gpus(), "local executor");
             Ok(Arc::new(executor))
         }
-        ExecutorKind::Argo => anyhow::bail!("the argo executor is not wired yet"),
+        ExecutorKind::Argo => {
+            let client = argo::client_from(config.argo.kubeconfig.as_deref())
+                .await
+                .map_err(|e| anyhow!("connecting to Kubernetes: {e}"))?;
+            let settings = argo::ArgoSettings::for_config(config, client.default_namespace());
+            tracing::info!(namespace = %settings.namespace, "argo executor");
+            let executor = argo::ArgoExecutor::new(
+                client,
+                Arc::new(Renderer::embedded()),
+                profile.clone(),
+                observations,
+                settings,
+            );
+            Ok(Arc::new(executor))
+        }
     }
 }
 

@@ -159,6 +159,7 @@ mod tests {
             updated_at: 0,
             started_at: None,
             finished_at: None,
+            message: None,
         }
     }
 
