@@ -4,6 +4,8 @@
 //! "shape" and leaf-by-leaf comparison, the `ferry` binary, temporary directories, and the Argo
 //! Workflows schemas (both compiled once per process, in strict mode).
 
+pub mod fake_forge;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,8 @@
 //! - `hostile_yaml`: alias bombs, huge files and deep nesting are refused.
 //! - `intake`: webhook deliveries over HTTP: fixtures, bad secrets, redeliveries, concurrency.
 //! - `planning`: pushes to real git repositories become exactly the runs they trigger.
+//! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
+//!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
 
 mod argo_schema;
 mod cli;
@@ -19,6 +21,7 @@ mod hostile_yaml;
 mod injection;
 mod intake;
 mod planning;
+mod report;
 mod snapshot;
 
 /// Runs `ferry ARGS` in `dir`, with the binary cargo built for this package from the real
