@@ -34,6 +34,8 @@ mod steps;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_forge;
+#[cfg(test)]
 mod tests_runs;
 
 use std::str::FromStr;
