@@ -297,13 +297,20 @@ async fn a_gitlab_run_lifecycle_makes_exactly_these_calls() {
 #[tokio::test]
 async fn an_outage_delays_but_delivers_every_final_state_once() {
     let w = world("gitlab").await;
-    // Down for four calls (the client's own check at connect among them), then rate limited.
-    w.forge.fail_next(4, 503, None);
-    w.forge.fail_next(1, 429, Some(1));
+    // Down at start: the client's own check (`GET /api/v4/user`) fails twice.
+    w.forge.fail_next(2, 503, None);
     let reporter = Arc::new(w.reporter());
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(reporter.run(w.store.outbox_notify(), stop_rx));
     let run = w.run("resnet", Some(MR), "feature").await;
+    w.forge
+        .wait_until(Duration::from_secs(10), |s| {
+            s.gitlab_statuses.iter().any(|st| st.state == "pending")
+        })
+        .await;
+    // Down again while the run goes all the way, then rate limited.
+    w.forge.fail_next(3, 503, None);
+    w.forge.fail_next(1, 429, Some(1));
     w.succeed(run, json!({"accuracy": 0.9})).await;
     w.forge
         .wait_until(Duration::from_secs(30), |s| {
@@ -612,7 +619,7 @@ async fn a_github_app_reports_pipelines_as_check_runs() {
     w.succeed_rest(run).await;
     reporter.pass().await.expect("pass");
     let checks = w.forge.with(|s| s.check_runs.clone());
-    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks.len(), 1, "{:#?}", w.forge.calls());
     assert_eq!(checks[0].name, "ferry/train");
     assert_eq!(checks[0].external_id, format!("ferry:run:{run}"));
     assert_eq!(checks[0].status, "completed");

@@ -26,7 +26,11 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
         (&Method::GET, ["repos", _, _, "installation"]) => Answer::json(200, json!({"id": 77})),
         (&Method::POST, ["app", "installations", _, "access_tokens"]) => Answer::json(
             201,
-            json!({"token": INSTALLATION_TOKEN, "expires_at": "2999-01-01T00:00:00Z"}),
+            json!({
+                "token": INSTALLATION_TOKEN,
+                "expires_at": "2999-01-01T00:00:00Z",
+                "permissions": {"checks": "write", "statuses": "write", "issues": "write"},
+            }),
         ),
         (&Method::POST, ["repos", _, _, "statuses", sha]) => {
             state.github_statuses.push((

@@ -113,7 +113,8 @@ impl GitlabForge {
 }
 
 /// The client's build error (its `GET /api/v4/user` check failed): unreachable, `5xx` and `429`
-/// are worth retrying (after the `Retry-After` GitLab gave), anything else is setup.
+/// are worth retrying, anything else is setup. The crate's check keeps no headers (except in
+/// its own rate-limit error), so a `Retry-After` on that one call is replaced by the back-off.
 fn connect_error(e: gitlab::GitlabError) -> ForgeError {
     use gitlab::api::ApiError;
     let message = e.to_string();
@@ -126,7 +127,14 @@ fn connect_error(e: gitlab::GitlabError) -> ForgeError {
         gitlab::GitlabError::Http { status } if status.is_server_error() => retry(None),
         gitlab::GitlabError::Api { source } => match source {
             ApiError::GitlabRateLimited { retry_after, .. } => retry(Some(*retry_after)),
-            ApiError::GitlabService { status, .. } if status.is_server_error() => retry(None),
+            ApiError::GitlabService { status, .. }
+            | ApiError::GitlabWithStatus { status, .. }
+            | ApiError::GitlabObjectWithStatus { status, .. }
+            | ApiError::GitlabUnrecognizedWithStatus { status, .. }
+                if status.is_server_error() || *status == http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                retry(None)
+            }
             ApiError::Client { .. } => retry(None),
             _ => ForgeError::Setup(message),
         },
