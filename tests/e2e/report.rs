@@ -19,9 +19,7 @@ use ferry_engine::pipeline::EventKind;
 use ferry_engine::problem::Problem;
 use ferry_engine::service::mirror::SecretString;
 use ferry_engine::service::report::Reporter;
-use ferry_engine::store::{
-    CommentKind, NewRun, RunId, RunState, StepChange, StepState, Store,
-};
+use ferry_engine::store::{CommentKind, NewRun, RunId, RunState, StepChange, StepState, Store};
 use ferry_tests::TempDir;
 use ferry_tests::fake_forge::{Call, FakeForge, GITHUB_TOKEN, GITLAB_TOKEN};
 use serde_json::json;
@@ -231,10 +229,7 @@ async fn a_gitlab_run_lifecycle_makes_exactly_these_calls() {
     reporter.pass().await.expect("pass");
     assert_eq!(
         take(&w),
-        [
-            "status ferry/train running",
-            "POST /merge_requests/7/notes"
-        ]
+        ["status ferry/train running", "POST /merge_requests/7/notes"]
     );
     for name in STEPS {
         w.step(run, name, Pending, Running).await;
@@ -266,13 +261,24 @@ async fn a_gitlab_run_lifecycle_makes_exactly_these_calls() {
     );
     let first = &calls[0];
     assert_eq!(first.field("ref"), "feature");
-    assert_eq!(first.field("target_url"), format!("http://ferry.test/runs/{run}"));
+    assert_eq!(
+        first.field("target_url"),
+        format!("http://ferry.test/runs/{run}")
+    );
     assert_eq!(first.field("description"), "queued");
     let notes = w.forge.notes(MR);
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].edits, 1);
-    assert!(notes[0].body.starts_with(&format!("<!-- ferry:run:{run} -->")));
-    assert!(notes[0].body.contains("ferry/train: succeeded"), "{}", notes[0].body);
+    assert!(
+        notes[0]
+            .body
+            .starts_with(&format!("<!-- ferry:run:{run} -->"))
+    );
+    assert!(
+        notes[0].body.contains("ferry/train: succeeded"),
+        "{}",
+        notes[0].body
+    );
     let finals: Vec<(String, String)> = w.forge.with(|s| {
         s.gitlab_statuses
             .iter()
@@ -317,9 +323,9 @@ async fn an_outage_delays_but_delivers_every_final_state_once() {
             s.gitlab_statuses
                 .iter()
                 .any(|st| st.name == "ferry/train" && st.state == "success")
-                && s.notes.get(&MR).is_some_and(|n| {
-                    n.iter().any(|n| n.body.contains("ferry/train: succeeded"))
-                })
+                && s.notes
+                    .get(&MR)
+                    .is_some_and(|n| n.iter().any(|n| n.body.contains("ferry/train: succeeded")))
         })
         .await;
     let _ = stop_tx.send(true);
@@ -339,7 +345,12 @@ async fn an_outage_delays_but_delivers_every_final_state_once() {
         .filter(|c| c.status < 300 && c.path.contains("/statuses/"))
         .map(|c| (c.field("name").to_owned(), c.field("state").to_owned()))
         .collect();
-    for context in ["ferry/train", "ferry/train/prepare", "ferry/train/fit", "ferry/train/eval"] {
+    for context in [
+        "ferry/train",
+        "ferry/train/prepare",
+        "ferry/train/fit",
+        "ferry/train/eval",
+    ] {
         let finals = delivered
             .iter()
             .filter(|(n, s)| n == context && s == "success")
@@ -364,8 +375,16 @@ async fn a_lost_answer_to_a_note_create_makes_no_second_note() {
     let stats = reporter.pass().await.expect("pass");
     assert_eq!(stats.deferred, 3, "{stats:?}");
     assert_eq!(w.forge.notes(MR).len(), 1, "the create happened");
-    let stored = w.store.forge_comment(run, CommentKind::Note).await.expect("read");
-    assert_eq!(stored.and_then(|c| c.forge_id), None, "but its id is unknown");
+    let stored = w
+        .store
+        .forge_comment(run, CommentKind::Note)
+        .await
+        .expect("read");
+    assert_eq!(
+        stored.and_then(|c| c.forge_id),
+        None,
+        "but its id is unknown"
+    );
 
     let before = w.forge.calls().len();
     reporter.pass().await.expect("pass");
@@ -403,12 +422,28 @@ async fn a_crash_between_note_create_and_id_store_is_healed_by_the_marker() {
     let before = w.forge.calls().len();
     w.reporter().pass().await.expect("pass");
     let lines = describe(&w.forge.calls_since(before));
-    assert!(lines.contains(&"GET /merge_requests/7/notes".to_owned()), "{lines:?}");
-    assert!(lines.contains(&format!("PUT /merge_requests/7/notes/{ours}")), "{lines:?}");
-    assert!(!lines.iter().any(|l| l == "POST /merge_requests/7/notes"), "{lines:?}");
+    assert!(
+        lines.contains(&"GET /merge_requests/7/notes".to_owned()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&format!("PUT /merge_requests/7/notes/{ours}")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l == "POST /merge_requests/7/notes"),
+        "{lines:?}"
+    );
     assert_eq!(w.forge.notes(MR).len(), 3);
-    let stored = w.store.forge_comment(run, CommentKind::Note).await.expect("read");
-    assert_eq!(stored.and_then(|c| c.forge_id), Some(i64::try_from(ours).expect("id")));
+    let stored = w
+        .store
+        .forge_comment(run, CommentKind::Note)
+        .await
+        .expect("read");
+    assert_eq!(
+        stored.and_then(|c| c.forge_id),
+        Some(i64::try_from(ours).expect("id"))
+    );
 }
 
 #[tokio::test]
@@ -491,17 +526,27 @@ async fn a_failure_summary_names_the_failed_step_and_hides_secrets() {
     w.step_with(run, "prepare", Running, StepState::Failed, change)
         .await;
     w.store
-        .transition_run_with(run, RunState::Running, RunState::Failed, Some("the workflow failed"))
+        .transition_run_with(
+            run,
+            RunState::Running,
+            RunState::Failed,
+            Some("the workflow failed"),
+        )
         .await
         .expect("fail");
     w.reporter().pass().await.expect("pass");
     let body = &w.forge.notes(MR)[0].body;
     assert!(body.contains("ferry/train: failed"), "{body}");
     assert!(body.contains("> the workflow failed"), "{body}");
-    assert!(body.contains("**prepare** failed: exit code 3: token *** rejected"), "{body}");
+    assert!(
+        body.contains("**prepare** failed: exit code 3: token *** rejected"),
+        "{body}"
+    );
     let calls = w.forge.calls();
     assert!(
-        calls.iter().all(|c| !c.body.to_string().contains(GITLAB_TOKEN)),
+        calls
+            .iter()
+            .all(|c| !c.body.to_string().contains(GITLAB_TOKEN)),
         "the token was sent somewhere: {calls:?}"
     );
     let pipeline_status = calls
@@ -568,8 +613,14 @@ async fn a_github_run_gets_statuses_and_one_comment_within_budget() {
             .map(|(_, c, st, _)| (c.clone(), st.clone()))
             .collect()
     });
-    assert_eq!(statuses.first(), Some(&("ferry/train".to_owned(), "pending".to_owned())));
-    assert_eq!(statuses.last(), Some(&("ferry/train".to_owned(), "success".to_owned())));
+    assert_eq!(
+        statuses.first(),
+        Some(&("ferry/train".to_owned(), "pending".to_owned()))
+    );
+    assert_eq!(
+        statuses.last(),
+        Some(&("ferry/train".to_owned(), "success".to_owned()))
+    );
     let comments = w.forge.notes(MR);
     assert_eq!(comments.len(), 1);
     assert_eq!(comments[0].edits, 1);
@@ -583,7 +634,10 @@ async fn github_rate_limit_headers_pause_reporting_until_the_reset() {
     let run = w.run("resnet", None, "main").await;
     w.forge.set_github_remaining(0);
     let stats = reporter.pass().await.expect("pass");
-    assert_eq!(stats.sent, 1, "the call that used the limit up went through");
+    assert_eq!(
+        stats.sent, 1,
+        "the call that used the limit up went through"
+    );
     w.to(run, RunState::Queued, RunState::Submitted).await;
     w.to(run, RunState::Submitted, RunState::Running).await;
     let before = w.forge.calls().len();
@@ -591,15 +645,23 @@ async fn github_rate_limit_headers_pause_reporting_until_the_reset() {
     assert_eq!(stats.deferred, 2, "{stats:?}");
     assert_eq!(w.forge.calls().len(), before, "no call before the reset");
     let rows = w.store.outbox_for_run(run).await.expect("outbox");
-    let due = rows.iter().filter(|r| r.sent_at.is_none()).map(|r| r.next_attempt_at);
+    let due = rows
+        .iter()
+        .filter(|r| r.sent_at.is_none())
+        .map(|r| r.next_attempt_at);
     let now = ferry_engine::store::now_millis();
-    assert!(due.clone().all(|at| at > now + 500), "deferred until the reset");
+    assert!(
+        due.clone().all(|at| at > now + 500),
+        "deferred until the reset"
+    );
 }
 
 #[tokio::test]
 async fn a_github_app_reports_pipelines_as_check_runs() {
     let Some(key) = rsa_key() else {
-        eprintln!("a_github_app_reports_pipelines_as_check_runs: SKIPPED: no openssl to make a key");
+        eprintln!(
+            "a_github_app_reports_pipelines_as_check_runs: SKIPPED: no openssl to make a key"
+        );
         return;
     };
     let mut w = world("github").await;
@@ -624,7 +686,11 @@ async fn a_github_app_reports_pipelines_as_check_runs() {
     assert_eq!(checks[0].external_id, format!("ferry:run:{run}"));
     assert_eq!(checks[0].status, "completed");
     assert_eq!(checks[0].conclusion.as_deref(), Some("success"));
-    assert!(checks[0].summary.contains("| fit | succeeded |"), "{}", checks[0].summary);
+    assert!(
+        checks[0].summary.contains("| fit | succeeded |"),
+        "{}",
+        checks[0].summary
+    );
     let lines = describe(&w.forge.calls_since(0));
     let check_calls: Vec<&String> = lines.iter().filter(|l| l.contains("check-runs")).collect();
     assert_eq!(check_calls.len(), 3, "{lines:?}");

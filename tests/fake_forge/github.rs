@@ -13,7 +13,10 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
     let seg = req.segments("/");
     let auth = req.authorization();
     // App endpoints are signed with the App's JWT; the others need a token.
-    let app_call = matches!(seg.as_slice(), ["app", ..] | ["repos", _, _, "installation"]);
+    let app_call = matches!(
+        seg.as_slice(),
+        ["app", ..] | ["repos", _, _, "installation"]
+    );
     let authorised = if app_call {
         auth.starts_with("Bearer ey")
     } else {
@@ -39,7 +42,10 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
                 req.field("state"),
                 req.field("description"),
             ));
-            Answer::json(201, json!({"id": state.next_id(), "state": req.field("state")}))
+            Answer::json(
+                201,
+                json!({"id": state.next_id(), "state": req.field("state")}),
+            )
         }
         (&Method::GET, ["repos", _, _, "issues", pr, "comments"]) => {
             let notes = pr
@@ -92,7 +98,11 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
                 head_sha: req.field("head_sha"),
                 external_id: req.field("external_id"),
                 status: req.field("status"),
-                conclusion: req.body.get("conclusion").and_then(Value::as_str).map(str::to_owned),
+                conclusion: req
+                    .body
+                    .get("conclusion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 summary: summary(req.body),
             };
             state.check_runs.push(check);
@@ -104,7 +114,11 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
                 return Answer::not_found();
             };
             check.status = req.field("status");
-            check.conclusion = req.body.get("conclusion").and_then(Value::as_str).map(str::to_owned);
+            check.conclusion = req
+                .body
+                .get("conclusion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             check.summary = summary(req.body);
             Answer::json(200, json!({"id": id}))
         }

@@ -94,10 +94,7 @@ fn status(state: &mut ForgeState, req: &Request<'_>, sha: &str) -> Answer {
         "canceled" => ("cancel", &["created", "pending", "running"]),
         "skipped" => ("skip", &["created", "pending"]),
         _ => {
-            return Answer::json(
-                400,
-                json!({"message": "state does not have a valid value"}),
-            );
+            return Answer::json(400, json!({"message": "state does not have a valid value"}));
         }
     };
     if !allowed.contains(&current) {

@@ -286,7 +286,10 @@ impl FakeForge {
 
     /// Sets the `x-ratelimit-remaining` of GitHub answers.
     pub fn set_github_remaining(&self, remaining: u64) {
-        self.state.lock().expect("fake forge state").github_remaining = remaining;
+        self.state
+            .lock()
+            .expect("fake forge state")
+            .github_remaining = remaining;
     }
 
     /// Waits until `done` holds (checked after every call), or panics after `limit`.
@@ -421,12 +424,16 @@ async fn handle(
             answer
                 .headers
                 .push(("x-ratelimit-remaining", remaining.to_string()));
-            answer.headers.push(("x-ratelimit-limit", "5000".to_owned()));
+            answer
+                .headers
+                .push(("x-ratelimit-limit", "5000".to_owned()));
             let reset = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() + 2)
                 .unwrap_or(0);
-            answer.headers.push(("x-ratelimit-reset", reset.to_string()));
+            answer
+                .headers
+                .push(("x-ratelimit-reset", reset.to_string()));
         }
         state.calls.push(Call {
             method: method.to_string(),

@@ -242,6 +242,36 @@ pub enum ForgeCredentials {
     },
 }
 
+impl ForgeCredentials {
+    /// The credentials `project` names, looked up with `env` (the binary passes
+    /// `std::env::var`; the engine reads no environment): a GitHub App when both
+    /// `github_app_id_env` and `github_app_key_env` are set (and the id is a number), else the
+    /// token of `token_env`, else none. Empty values count as unset.
+    pub fn from_env(
+        project: &ProjectConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> ForgeCredentials {
+        let read = |name: &Option<String>| {
+            name.as_deref()
+                .and_then(&env)
+                .filter(|value| !value.trim().is_empty())
+        };
+        let app_id = read(&project.github_app_id_env).and_then(|id| id.trim().parse().ok());
+        match (
+            app_id,
+            read(&project.github_app_key_env),
+            read(&project.token_env),
+        ) {
+            (Some(app_id), Some(key), _) => ForgeCredentials::GithubApp {
+                app_id,
+                private_key: SecretString::new(key),
+            },
+            (_, _, Some(token)) => ForgeCredentials::Token(SecretString::new(token.trim())),
+            (_, _, None) => ForgeCredentials::None,
+        }
+    }
+}
+
 /// Builds the forge client of `project` (`None` for `forge: none`). GitLab's client checks the
 /// token (`GET /api/v4/user`) while it is built, so this needs the forge to be up; the reporter
 /// calls it again later when it fails with [`ForgeError::Unavailable`].
@@ -273,7 +303,8 @@ pub async fn connect(
                 .forge_url
                 .as_deref()
                 .unwrap_or("https://api.github.com");
-            let forge = super::github::client::GithubForge::connect(url, &repo, credentials).await?;
+            let forge =
+                super::github::client::GithubForge::connect(url, &repo, credentials).await?;
             Ok(Some(std::sync::Arc::new(forge)))
         }
     }
@@ -445,7 +476,11 @@ mod tests {
         }
         let limited = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1")]);
         assert!(matches!(
-            classify(http::StatusCode::FORBIDDEN, &limited, "API rate limit exceeded"),
+            classify(
+                http::StatusCode::FORBIDDEN,
+                &limited,
+                "API rate limit exceeded"
+            ),
             Err(ForgeError::Unavailable { .. })
         ));
         assert_eq!(
@@ -464,6 +499,31 @@ mod tests {
         let clipped = clip(&long, 255);
         assert!(clipped.len() <= 255, "{}", clipped.len());
         assert!(clipped.ends_with('…'));
+    }
+
+    #[test]
+    fn credentials_prefer_an_app_then_a_token() {
+        let text = "projects:\n  - { name: p, repo: https://github.com/o/r, forge: github, webhook_secret_env: S, token_env: T, github_app_id_env: A, github_app_key_env: K }\n";
+        let config = crate::config::Config::from_yaml("ferry.yaml", text).expect("config");
+        let project = &config.projects[0];
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let app =
+            ForgeCredentials::from_env(project, env(&[("A", "12"), ("K", "pem"), ("T", "t")]));
+        assert!(matches!(
+            app,
+            ForgeCredentials::GithubApp { app_id: 12, .. }
+        ));
+        let token =
+            ForgeCredentials::from_env(project, env(&[("A", "x"), ("K", "pem"), ("T", "t")]));
+        assert!(matches!(token, ForgeCredentials::Token(t) if t.expose() == "t"));
+        let none = ForgeCredentials::from_env(project, env(&[("T", " ")]));
+        assert!(matches!(none, ForgeCredentials::None));
     }
 
     #[test]

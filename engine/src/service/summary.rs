@@ -222,10 +222,12 @@ fn steps_table(out: &mut String, input: &SummaryInput<'_>) {
     let mut total_gpu_hours = 0.0;
     for step in input.steps {
         let millis = step_millis(step, input.now);
-        let resources = input
-            .pipeline
-            .and_then(|p| p.step(&step.name))
-            .map(|s| (s.resources.gpu * s.nodes.max(1), s.resources.gpu_type.clone()));
+        let resources = input.pipeline.and_then(|p| p.step(&step.name)).map(|s| {
+            (
+                s.resources.gpu * s.nodes.max(1),
+                s.resources.gpu_type.clone(),
+            )
+        });
         let (gpus, gpu_type) = resources.unwrap_or((0, None));
         let gpu_hours = millis.map(|ms| f64::from(gpus) * ms as f64 / 3_600_000.0);
         let gpu_text = match (gpus, gpu_type) {
@@ -253,10 +255,7 @@ fn steps_table(out: &mut String, input: &SummaryInput<'_>) {
         .started_at
         .map(|s| duration(run.finished_at.unwrap_or(input.now) - s))
         .unwrap_or_else(|| "—".to_owned());
-    let _ = writeln!(
-        out,
-        "| **total** | | {total} | | {total_gpu_hours:.2} |"
-    );
+    let _ = writeln!(out, "| **total** | | {total} | | {total_gpu_hours:.2} |");
 }
 
 /// `(step, metric) -> value` for every numeric metric the steps published.
@@ -305,7 +304,10 @@ fn metrics_table(out: &mut String, input: &SummaryInput<'_>) {
     if current.is_empty() {
         return;
     }
-    let base = input.baseline.map(|b| metrics_of(b.steps)).unwrap_or_default();
+    let base = input
+        .baseline
+        .map(|b| metrics_of(b.steps))
+        .unwrap_or_default();
     out.push_str("\n#### Metrics\n\n");
     match input.baseline {
         Some(b) => {
@@ -353,7 +355,10 @@ fn failure(out: &mut String, input: &SummaryInput<'_>) {
             out,
             "**{}** failed: {}",
             inline(&step.name, &[]),
-            inline(step.message.as_deref().unwrap_or("(no message)"), input.secrets)
+            inline(
+                step.message.as_deref().unwrap_or("(no message)"),
+                input.secrets
+            )
         );
     }
     if let Some(tail) = input.log_tail {

@@ -12,10 +12,19 @@ async fn notes_are_claimed_once_and_statuses_remembered_per_run() {
             .create_run(&new_run("resnet", "train", &"a".repeat(40), None))
             .await
             .expect("create");
-        assert_eq!(s.forge_comment(run, CommentKind::Note).await.expect("read"), None);
-        assert!(s.begin_forge_comment(run, CommentKind::Note).await.expect("begin"));
+        assert_eq!(
+            s.forge_comment(run, CommentKind::Note).await.expect("read"),
+            None
+        );
         assert!(
-            !s.begin_forge_comment(run, CommentKind::Note).await.expect("again"),
+            s.begin_forge_comment(run, CommentKind::Note)
+                .await
+                .expect("begin")
+        );
+        assert!(
+            !s.begin_forge_comment(run, CommentKind::Note)
+                .await
+                .expect("again"),
             "a second create must search first"
         );
         let intent = ForgeComment {
@@ -29,7 +38,10 @@ async fn notes_are_claimed_once_and_statuses_remembered_per_run() {
         s.clear_forge_comment_intent(run, CommentKind::Note)
             .await
             .expect("clear");
-        assert_eq!(s.forge_comment(run, CommentKind::Note).await.expect("read"), None);
+        assert_eq!(
+            s.forge_comment(run, CommentKind::Note).await.expect("read"),
+            None
+        );
         s.set_forge_comment(run, CommentKind::Note, 41, "h1")
             .await
             .expect("set");
@@ -48,7 +60,9 @@ async fn notes_are_claimed_once_and_statuses_remembered_per_run() {
             })
         );
         assert_eq!(
-            s.forge_comment(run, CommentKind::CheckRun).await.expect("read"),
+            s.forge_comment(run, CommentKind::CheckRun)
+                .await
+                .expect("read"),
             None
         );
 

@@ -61,12 +61,17 @@ fn setup(e: impl std::fmt::Display) -> ForgeError {
     ForgeError::Setup(e.to_string())
 }
 
-fn builder(url: &str) -> Result<octocrab::OctocrabBuilder<
-    octocrab::NoSvc,
-    octocrab::DefaultOctocrabBuilderConfig,
-    octocrab::NoAuth,
-    octocrab::NotLayerReady,
->, ForgeError> {
+fn builder(
+    url: &str,
+) -> Result<
+    octocrab::OctocrabBuilder<
+        octocrab::NoSvc,
+        octocrab::DefaultOctocrabBuilderConfig,
+        octocrab::NoAuth,
+        octocrab::NotLayerReady,
+    >,
+    ForgeError,
+> {
     Octocrab::builder()
         .base_uri(url.trim_end_matches('/'))
         .map_err(setup)

@@ -93,14 +93,14 @@ impl GitlabForge {
             Some((mime, data)) => (request.header(http::header::CONTENT_TYPE, mime), data),
             None => (request, Vec::new()),
         };
-        let response = self
-            .client
-            .rest_async(request, body)
-            .await
-            .map_err(|e| ForgeError::Unavailable {
-                message: e.to_string(),
-                retry_after: None,
-            })?;
+        let response =
+            self.client
+                .rest_async(request, body)
+                .await
+                .map_err(|e| ForgeError::Unavailable {
+                    message: e.to_string(),
+                    retry_after: None,
+                })?;
         self.gate.observe(response.headers());
         let message = if response.status().is_success() {
             String::new()
@@ -197,9 +197,10 @@ impl Forge for GitlabForge {
             let endpoint = builder.build().map_err(builder_error)?;
             match self.send(&endpoint).await {
                 Ok(_) => Ok(()),
-                Err(ForgeError::Rejected { status: 400, message })
-                    if message.contains("Cannot transition status") =>
-                {
+                Err(ForgeError::Rejected {
+                    status: 400,
+                    message,
+                }) if message.contains("Cannot transition status") => {
                     tracing::debug!(context = %status.context, %message,
                         "GitLab already has this status; taken as sent");
                     Ok(())
@@ -305,7 +306,9 @@ impl<E: Endpoint> Endpoint for Paged<E> {
 
     fn parameters(&self) -> gitlab::api::QueryParams<'_> {
         let mut params = self.inner.parameters();
-        params.push("per_page", PER_PAGE as u64).push("page", u64::from(self.page));
+        params
+            .push("per_page", PER_PAGE as u64)
+            .push("page", u64::from(self.page));
         params
     }
 }

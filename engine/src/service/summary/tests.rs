@@ -181,10 +181,7 @@ Killed
         run_description(&input),
         "failed: fit: OOM with token *** <!-- ferry:run:1 -->"
     );
-    assert_eq!(
-        step_description(&steps[2], &secrets, 0),
-        "skipped: not run"
-    );
+    assert_eq!(step_description(&steps[2], &secrets, 0), "skipped: not run");
 }
 
 #[test]
@@ -250,7 +247,14 @@ fn lower_is_better_for_losses_errors_and_latencies() {
     ] {
         assert!(lower_is_better(name), "{name}");
     }
-    for name in ["accuracy", "f1", "bleu", "power", "cancer_recall", "tokens_per_s"] {
+    for name in [
+        "accuracy",
+        "f1",
+        "bleu",
+        "power",
+        "cancer_recall",
+        "tokens_per_s",
+    ] {
         assert!(!lower_is_better(name), "{name}");
     }
 }
