@@ -7,6 +7,8 @@
 
 pub mod fake_k8s;
 
+pub mod fake_forge;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

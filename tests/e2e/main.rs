@@ -16,6 +16,8 @@
 //!   retries, watch to observations, dropped watches and `410`, cancel, TTL deletion, reconcile.
 //! - `fake_k8s`: the fake Kubernetes API through the real `kube` client and watcher; the Argo
 //!   status documents of its controller stand-in.
+//! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
+//!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
 
 mod argo_executor;
 mod argo_schema;
@@ -28,6 +30,7 @@ mod hostile_yaml;
 mod injection;
 mod intake;
 mod planning;
+mod report;
 mod snapshot;
 
 /// Runs `ferry ARGS` in `dir`, with the binary cargo built for this package from the real

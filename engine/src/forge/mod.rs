@@ -1,4 +1,5 @@
-//! Webhook intake: from a forge's raw delivery (headers + body bytes) to an [`Event`].
+//! Webhook intake: from a forge's raw delivery (headers + body bytes) to an [`Event`]; reporting
+//! back to the forge is [`report`] (the `Forge` plug point) with each forge's `client` module.
 //!
 //! This is step 1 of "the flow of one push" (see `DESIGN.md`), without the HTTP framework: the
 //! server's extractor calls, in this order,
@@ -18,6 +19,7 @@
 
 pub mod github;
 pub mod gitlab;
+pub mod report;
 
 #[cfg(test)]
 mod tests;

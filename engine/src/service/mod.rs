@@ -1,4 +1,5 @@
-//! The service: intake -> plan (and, in later issues, submit -> watch -> report).
+//! The service: intake -> plan -> submit and watch (`dispatch`) -> report (`report`, with the
+//! run summary in `summary`).
 
 pub mod dispatch;
 pub mod intake;
@@ -6,3 +7,5 @@ pub mod manual;
 pub mod matching;
 pub mod mirror;
 pub mod planner;
+pub mod report;
+pub mod summary;

@@ -1,4 +1,5 @@
-//! The durable store: deliveries (events), runs, steps and the outbox, in SQLite or PostgreSQL.
+//! The durable store: deliveries (events), runs, steps, the outbox and the reporter's memory of
+//! the forge (`forge_state`), in SQLite or PostgreSQL.
 //!
 //! One [`Store`] wraps either a SQLite pool (the default, `sqlite://ferry.db`) or a PostgreSQL
 //! pool (`postgres://` / `postgresql://` URLs, for several replicas). Every query is one SQL text
@@ -24,6 +25,7 @@
 //! in SQLite's busy handler.
 
 mod events;
+mod forge_state;
 mod outbox;
 mod runs;
 pub mod schema;
@@ -31,6 +33,8 @@ pub mod states;
 mod steps;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_forge;
 #[cfg(test)]
 mod tests_runs;
 
@@ -46,6 +50,7 @@ use sqlx::sqlite::{
 };
 
 pub use events::{Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
+pub use forge_state::{CommentKind, ForgeComment};
 pub use outbox::{OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
 pub use runs::{NewRun, Page, Run, RunFilter, RunPage};
 pub use states::{EventState, RunState, StepState};
@@ -192,6 +197,8 @@ enum Pools {
 #[derive(Debug, Clone)]
 pub struct Store {
     pools: Pools,
+    /// Notified after every commit that adds outbox rows (in this process), for the reporter.
+    outbox_added: Arc<tokio::sync::Notify>,
 }
 
 /// Runs `$body` inside one write transaction named `$tx`, once per backend (the body is
@@ -308,9 +315,19 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(crate::config::redact_url(url)));
         };
-        let store = Store { pools };
+        let store = Store {
+            pools,
+            outbox_added: Arc::new(tokio::sync::Notify::new()),
+        };
         schema::migrate(&store).await?;
         Ok(store)
+    }
+
+    /// Notified (one stored permit, so no wake is lost) after each commit of this process that
+    /// adds an outbox row: the reporter waits on it. Rows written by other processes are found by
+    /// the reporter's periodic pass.
+    pub fn outbox_notify(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.outbox_added)
     }
 
     /// Which database this store talks to.

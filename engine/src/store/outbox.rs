@@ -91,6 +91,16 @@ impl Store {
         })
     }
 
+    /// When the earliest unsent row falls due (it may be now or past), if any row is unsent.
+    pub async fn first_outbox_due_at(&self) -> Result<Option<UnixMillis>, StoreError> {
+        let row: (Option<i64>,) = with_pool!(self, |pool| {
+            sqlx::query_as("SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL")
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(row.0)
+    }
+
     /// Every outbox row of a run, sent or not, oldest first.
     pub async fn outbox_for_run(&self, run: RunId) -> Result<Vec<OutboxItem>, StoreError> {
         with_pool!(self, |pool| {

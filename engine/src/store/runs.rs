@@ -346,6 +346,9 @@ impl Store {
                 }
             }
         });
+        if created.1 {
+            self.outbox_added.notify_one();
+        }
         Ok((run_id(created.0)?, created.1))
     }
 
@@ -424,6 +427,30 @@ impl Store {
         })
     }
 
+    /// The latest succeeded run of `project`'s `pipeline` on `branch` that is not an MR run and
+    /// was created before `before`: the baseline a summary compares metrics with.
+    pub async fn baseline_run(
+        &self,
+        project: &str,
+        pipeline: &str,
+        branch: &str,
+        before: RunId,
+    ) -> Result<Option<Run>, StoreError> {
+        with_pool!(self, |pool| {
+            let row = sqlx::query(select_runs!(
+                "WHERE project = $1 AND pipeline = $2 AND branch = $3 AND mr IS NULL \
+                 AND state = 'succeeded' AND id < $4 ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(project)
+            .bind(pipeline)
+            .bind(branch)
+            .bind(before.get())
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(run_from_row).transpose()
+        })
+    }
+
     /// Moves a run from `from` to `to` if it is still in `from` (compare-and-set), and writes the
     /// outbox row `{"run": id, "state": to}` in the same transaction.
     ///
@@ -492,6 +519,7 @@ impl Store {
             }
             insert_outbox!(tx, id.get(), OUTBOX_RUN, &payload, now);
         });
+        self.outbox_added.notify_one();
         Ok(())
     }
 }

@@ -52,7 +52,34 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V3,
         postgres: V3,
     },
+    Migration {
+        version: 4,
+        name: "forge notes and sent statuses",
+        sqlite: V4,
+        postgres: V4,
+    },
 ];
+
+/// What the reporter remembers about the forge (see `store::forge_state`): each run's note or
+/// check run id (`forge_id` NULL while a create is in flight), and the last state sent per status
+/// context of a run.
+const V4: &str = "
+CREATE TABLE forge_comments (
+    run_id BIGINT NOT NULL REFERENCES runs (id),
+    kind TEXT NOT NULL CHECK (kind IN ('note', 'check_run')),
+    forge_id BIGINT,
+    body_hash TEXT,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (run_id, kind)
+);
+CREATE TABLE forge_statuses (
+    run_id BIGINT NOT NULL REFERENCES runs (id),
+    context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (run_id, context)
+);
+";
 
 /// Planning reads each project's oldest pending event; this keeps that a lookup, not a scan.
 /// The executor's last word on a run (why it failed, that it is gone, that node status is

@@ -178,6 +178,7 @@ impl Store {
             }
             insert_outbox!(tx, run.get(), OUTBOX_STEP, &payload, now);
         });
+        self.outbox_added.notify_one();
         Ok(())
     }
 }

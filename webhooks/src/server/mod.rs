@@ -21,15 +21,17 @@ use std::collections::HashMap;
 
 use ferry_engine::config::ExecutorKind;
 use ferry_engine::config::{Config, ProjectForge, redact_url};
-use ferry_engine::executor::{Executor, argo};
-use ferry_engine::render::Renderer;
 use ferry_engine::executor::local::{LocalExecutor, LocalSettings};
+use ferry_engine::executor::{Executor, argo};
+use ferry_engine::forge::report::ForgeCredentials;
 use ferry_engine::profile::Profile;
+use ferry_engine::render::Renderer;
 use ferry_engine::service::dispatch::Dispatcher;
 use ferry_engine::service::intake::{Secret, Secrets};
 use ferry_engine::service::manual::ManualRequest;
 use ferry_engine::service::mirror::{Credentials, SecretString};
 use ferry_engine::service::planner::Planner;
+use ferry_engine::service::report::Reporter;
 use ferry_engine::store::Store;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -240,6 +242,22 @@ pub async fn serve_with(
         executor.clone(),
         data_dir.clone(),
     ));
+    let forge_credentials: HashMap<String, ForgeCredentials> = config
+        .projects
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                ForgeCredentials::from_env(p, |var| std::env::var(var).ok()),
+            )
+        })
+        .collect();
+    let reporter = Arc::new(Reporter::new(
+        store.clone(),
+        config.clone(),
+        forge_credentials,
+    ));
+    let reporter_task = tokio::spawn(reporter.run(store.outbox_notify(), stop_rx.clone()));
     let planner_task = tokio::spawn(planner.clone().run(wake.clone(), stop_rx.clone()));
     let dispatcher_task = tokio::spawn(dispatcher.run(runs_wake, observations_rx, stop_rx));
     if embedded {
@@ -264,6 +282,7 @@ pub async fn serve_with(
     let _ = stop_tx.send(true);
     let _ = planner_task.await;
     let _ = dispatcher_task.await;
+    let _ = reporter_task.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,354 @@
+//! The reporter: outbox rows become commit statuses, check runs and MR notes on the forge
+//! (step 5 of the flow).
+//!
+//! Each pass reads the due rows ([`Store::pending_outbox`]), groups them by run (oldest first)
+//! and reports each run's **current** state, not each row: a run that went running -> succeeded
+//! while the forge was down gets its final statuses only, and every step named by a row gets its
+//! current (so, in the end, final) state. What each status context last got is remembered in the
+//! store ([`Store::sent_statuses`]), so no state is sent twice (GitLab refuses that) and a pass
+//! that repeats after a crash costs nothing. Then the rows are marked sent.
+//!
+//! What a run costs on the forge (the budget: steps + 2 calls beyond the per-step statuses):
+//! each step gets `running` and its final status; the pipeline gets `pending` (queued), `running`
+//! and its final status (GitHub App: a check run created, then updated twice); an MR/PR run
+//! gets one note, created when the run starts and edited when it ends. For a pipeline of three
+//! steps that is 3 + 2 = 5 calls beyond the step statuses, with nothing else in the normal case:
+//! the search for a note's marker only happens after a create whose outcome is unknown.
+//!
+//! Notes are created once (see `store::forge_state`): the intent is stored before the create, the
+//! id right after; an intent without an id means "search the MR for `<!-- ferry:run:<id> -->`
+//! before creating".
+//!
+//! Failures: a call the forge may accept later ([`ForgeError::Unavailable`]) stops the run's
+//! report; its rows are due again after the wait the forge asked for (`Retry-After`, rate-limit
+//! reset) or else an exponential back-off, and everything already sent stays remembered. A call
+//! the forge refuses for good is logged once and dropped. Runs of projects with `forge: none` (or
+//! no longer configured) are marked sent without any call. Unsent rows survive restarts: a new
+//! reporter on the same store sends them.
+//!
+//! One reporter per database: two replicas reporting the same rows at the same moment could both
+//! create a run's note.
+
+mod run;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::config::{Config, ProjectConfig, ProjectForge};
+use crate::forge::report::{Forge, ForgeCredentials, ForgeError, connect};
+use crate::store::{
+    OUTBOX_RUN, OUTBOX_STEP, OutboxItem, RunId, RunState, Step, Store, StoreError, now_millis,
+};
+
+use run::RunReport;
+
+/// Most rows one pass reads.
+const BATCH: u32 = 256;
+/// Longest time between passes when nothing wakes the reporter.
+const PERIODIC: Duration = Duration::from_secs(30);
+/// How long a woken reporter waits for more changes before its pass.
+const WAKE_COALESCE: Duration = Duration::from_millis(20);
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The store failed; the rows stay unsent.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The forge did not take a call.
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassStats {
+    /// Rows reported (or found to need no call) and marked sent.
+    pub sent: usize,
+    /// Rows left for later (the forge is unavailable or rate limited).
+    pub deferred: usize,
+}
+
+/// A project's forge client, or why there is none yet.
+enum Slot {
+    Ready(Arc<dyn Forge>),
+    Failed {
+        until: Instant,
+        attempts: u32,
+        error: ForgeError,
+    },
+}
+
+/// Sends the outbox to the forges.
+pub struct Reporter {
+    store: Store,
+    config: Arc<Config>,
+    credentials: HashMap<String, ForgeCredentials>,
+    /// Per project, secret values to redact from what is sent.
+    secrets: HashMap<String, Vec<String>>,
+    forges: Mutex<HashMap<String, Slot>>,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl Reporter {
+    /// A reporter for the projects of `config`; `credentials` holds each project's forge
+    /// credentials by project name (read from the environment by the caller). Forge clients are
+    /// built on first use and built again after a failure.
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        credentials: HashMap<String, ForgeCredentials>,
+    ) -> Reporter {
+        let secrets = credentials
+            .iter()
+            .map(|(project, c)| (project.clone(), credential_values(c)))
+            .collect();
+        Reporter {
+            store,
+            config,
+            credentials,
+            secrets,
+            forges: Mutex::new(HashMap::new()),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+
+    /// Sets the exponential back-off used when the forge says nothing about when to come back
+    /// (default 1 s doubling up to 10 min).
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Reporter {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+
+    /// Adds secret values of `project` (beyond its forge credentials, which are always
+    /// redacted) to replace by `***` in everything sent.
+    pub fn with_secret_values(mut self, project: &str, values: Vec<String>) -> Reporter {
+        self.secrets
+            .entry(project.to_owned())
+            .or_default()
+            .extend(values);
+        self
+    }
+
+    /// Passes until `stop` says so: woken by `wake` (the store's
+    /// [`Store::outbox_notify`]), when deferred rows fall due, and every 30 s (rows written by
+    /// other processes).
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if let Err(e) = self.pass().await {
+                tracing::error!(error = %e, "reporting pass failed");
+            }
+            let sleep = self.until_next_due().await;
+            tokio::select! {
+                () = wake.notified() => tokio::time::sleep(WAKE_COALESCE).await,
+                () = tokio::time::sleep(sleep) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn until_next_due(&self) -> Duration {
+        match self.store.first_outbox_due_at().await {
+            Ok(Some(at)) => {
+                let wait = u64::try_from(at - now_millis()).unwrap_or(0);
+                Duration::from_millis(wait).clamp(Duration::from_millis(5), PERIODIC)
+            }
+            Ok(None) => PERIODIC,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    /// One pass over the due rows.
+    pub async fn pass(&self) -> Result<PassStats, ReportError> {
+        let rows = self.store.pending_outbox(BATCH).await?;
+        let mut groups: Vec<(RunId, Vec<OutboxItem>)> = Vec::new();
+        for row in rows {
+            match groups.iter_mut().find(|(id, _)| *id == row.run_id) {
+                Some((_, items)) => items.push(row),
+                None => groups.push((row.run_id, vec![row])),
+            }
+        }
+        let mut stats = PassStats::default();
+        for (run, items) in groups {
+            match self.report_run(run, &items).await {
+                Ok(()) => {
+                    for item in &items {
+                        self.store.mark_outbox_sent(item.id).await?;
+                    }
+                    stats.sent += items.len();
+                }
+                Err(ReportError::Forge(e)) => {
+                    self.defer(&items, &e).await?;
+                    stats.deferred += items.len();
+                }
+                Err(e @ ReportError::Store(_)) => return Err(e),
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Leaves `items` for later, when the forge asked or after a back-off.
+    async fn defer(&self, items: &[OutboxItem], error: &ForgeError) -> Result<(), StoreError> {
+        let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
+        let wait = match error {
+            ForgeError::Unavailable {
+                retry_after: Some(wait),
+                ..
+            } => (*wait).max(Duration::from_millis(1)),
+            ForgeError::Unavailable { .. } | ForgeError::Rejected { .. } | ForgeError::Setup(_) => {
+                self.backoff(attempts)
+            }
+        };
+        let retry_at = now_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        let run = items.first().map(|i| i.run_id.get()).unwrap_or_default();
+        tracing::warn!(run, rows = items.len(), attempts = attempts + 1,
+            retry_in_ms = wait.as_millis() as u64, error = %error, "report deferred");
+        for item in items {
+            self.store
+                .mark_outbox_failed_attempt(item.id, &error.to_string(), retry_at)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, attempts: i64) -> Duration {
+        let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+        self.min_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.max_backoff)
+    }
+
+    /// The forge client of `project`, built on first use (`None` for `forge: none`).
+    async fn forge(&self, project: &ProjectConfig) -> Result<Option<Arc<dyn Forge>>, ForgeError> {
+        let mut forges = self.forges.lock().await;
+        let attempts = match forges.get(&project.name) {
+            Some(Slot::Ready(forge)) => return Ok(Some(Arc::clone(forge))),
+            Some(Slot::Failed {
+                until,
+                attempts,
+                error,
+            }) => {
+                if *until > Instant::now() {
+                    return Err(error.clone());
+                }
+                *attempts
+            }
+            None => 0,
+        };
+        let none = ForgeCredentials::None;
+        let credentials = self.credentials.get(&project.name).unwrap_or(&none);
+        match connect(project, credentials).await {
+            Ok(Some(forge)) => {
+                forges.insert(project.name.clone(), Slot::Ready(Arc::clone(&forge)));
+                Ok(Some(forge))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => {
+                let wait = match &error {
+                    ForgeError::Unavailable {
+                        retry_after: Some(wait),
+                        ..
+                    } => *wait,
+                    _ => self.backoff(i64::from(attempts)),
+                };
+                tracing::warn!(project = %project.name, error = %error, "cannot reach the forge");
+                forges.insert(
+                    project.name.clone(),
+                    Slot::Failed {
+                        until: Instant::now() + wait,
+                        attempts: attempts + 1,
+                        error: error.clone(),
+                    },
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Reports the current state of one run, for the rows `items`.
+    async fn report_run(&self, id: RunId, items: &[OutboxItem]) -> Result<(), ReportError> {
+        let Some(run) = self.store.get_run(id).await? else {
+            tracing::warn!(run = %id, "outbox rows of a run the store does not have; dropped");
+            return Ok(());
+        };
+        let Some(project) = self.config.project(&run.project) else {
+            tracing::debug!(run = %id, project = %run.project, "project no longer configured");
+            return Ok(());
+        };
+        if project.forge == ProjectForge::None {
+            return Ok(());
+        }
+        let Some(forge) = self.forge(project).await? else {
+            return Ok(());
+        };
+        if let Some(until) = forge.paused_until() {
+            let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+            return Err(ForgeError::Unavailable {
+                message: "rate limit used up".to_owned(),
+                retry_after: Some(wait),
+            }
+            .into());
+        }
+        let run_changed = items.iter().any(|i| i.kind == OUTBOX_RUN);
+        let named: BTreeSet<&str> = items
+            .iter()
+            .filter(|i| i.kind == OUTBOX_STEP)
+            .filter_map(|i| i.payload.get("step").and_then(|s| s.as_str()))
+            .collect();
+        let steps = self.store.steps(run.id).await?;
+        let report = RunReport {
+            reporter: self,
+            forge: forge.as_ref(),
+            project,
+            run: &run,
+            steps: &steps,
+            secrets: self
+                .secrets
+                .get(&project.name)
+                .map_or(&[][..], Vec::as_slice),
+            sent: self.store.sent_statuses(run.id).await?,
+            now: now_millis(),
+        };
+        let changed_steps: Vec<&Step> = steps
+            .iter()
+            .filter(|s| named.contains(s.name.as_str()))
+            .collect();
+        if run.state.is_terminal() {
+            report.steps(&changed_steps).await?;
+        }
+        if run_changed {
+            report.pipeline().await?;
+        }
+        if !run.state.is_terminal() {
+            report.steps(&changed_steps).await?;
+        }
+        let note_due = run.state == RunState::Running || run.state.is_terminal();
+        if let (true, true, Some(mr)) = (run_changed, note_due, run.mr) {
+            report.note(mr).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The secret values inside credentials (never sent anywhere).
+fn credential_values(credentials: &ForgeCredentials) -> Vec<String> {
+    match credentials {
+        ForgeCredentials::None => Vec::new(),
+        ForgeCredentials::Token(token) => vec![token.expose().to_owned()],
+        ForgeCredentials::GithubApp { private_key, .. } => {
+            vec![private_key.expose().to_owned()]
+        }
+    }
+}
