@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod executor;
 pub mod forge;
+pub mod metrics;
 pub mod pipeline;
 pub mod problem;
 pub mod profile;

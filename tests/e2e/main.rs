@@ -32,6 +32,7 @@ mod intake;
 mod planning;
 mod report;
 mod snapshot;
+mod ssh_clone;
 
 /// Runs `ferry ARGS` in `dir`, with the binary cargo built for this package from the real
 /// `main.rs` (never a stale one).

@@ -297,7 +297,7 @@ async fn fetch_failures_are_retried_not_dropped() {
 }
 
 /// Sends one HTTP/1.1 request and returns the status code.
-async fn http_post(
+pub(crate) async fn http_post(
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&str, &str)],

@@ -59,6 +59,8 @@ pub struct Dispatcher {
     backoff: Mutex<HashMap<RunId, (u32, Instant)>>,
     /// The last observation applied per unfinished run, so a repeated one costs no query.
     applied: Mutex<HashMap<RunId, Observation>>,
+    /// Submissions and their latency.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dispatcher {
@@ -78,7 +80,23 @@ impl Dispatcher {
             mirrors: Mirrors::new(data_dir.join("mirrors")),
             backoff: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records submissions in `metrics`: `ferry_submissions_total{executor, outcome}` and
+    /// `ferry_submit_latency_seconds{executor}` (from the run's creation to its submission).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Dispatcher {
+        self.metrics = metrics;
+        self
+    }
+
+    fn count_submission(&self, outcome: &str) {
+        self.metrics.inc(
+            "ferry_submissions_total",
+            "Runs handed to the executor, by outcome (submitted, rejected, unavailable).",
+            &[("executor", self.executor.kind()), ("outcome", outcome)],
+        );
     }
 
     /// The executor runs go to.
@@ -234,6 +252,7 @@ impl Dispatcher {
                 Ok(true)
             }
             Err(SubmitError::Rejected(message)) => {
+                self.count_submission("rejected");
                 self.backoff
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -243,6 +262,7 @@ impl Dispatcher {
                 Ok(false)
             }
             Err(SubmitError::Unavailable(message)) => {
+                self.count_submission("unavailable");
                 let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 let attempts = backoff.get(&run.id).map_or(0, |(n, _)| *n) + 1;
                 let wait = Duration::from_millis(250)

@@ -50,6 +50,8 @@ pub struct Planner {
     pub(super) credentials: Arc<dyn Fn(&ProjectConfig) -> Credentials + Send + Sync>,
     /// Notified when new runs were created (wakes the dispatcher).
     pub(super) runs_created: Option<Arc<Notify>>,
+    /// Where planning failures are counted.
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Planner {
@@ -67,6 +69,7 @@ impl Planner {
             mirrors: Arc::new(Mirrors::new(data_dir.join("mirrors"))),
             credentials: Arc::new(|_| Credentials::None),
             runs_created: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -76,6 +79,12 @@ impl Planner {
         f: impl Fn(&ProjectConfig) -> Credentials + Send + Sync + 'static,
     ) -> Planner {
         self.credentials = Arc::new(f);
+        self
+    }
+
+    /// Counts planning failures in `metrics` (`ferry_planning_failures_total`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Planner {
+        self.metrics = metrics;
         self
     }
 
@@ -152,6 +161,16 @@ impl Planner {
 
     async fn failed(&self, stored: &StoredEvent, error: &PlanError) -> Result<(), StoreError> {
         let backoff = (1_000i64 << stored.attempts.clamp(0, 20)).min(MAX_BACKOFF_MS);
+        let kind = match error {
+            PlanError::Store(_) => "store",
+            PlanError::Git(_) => "git",
+            PlanError::UnknownProject(_) => "config",
+        };
+        self.metrics.inc(
+            "ferry_planning_failures_total",
+            "Failed planning attempts (fetches, reads), retried with back-off.",
+            &[("project", &stored.project), ("kind", kind)],
+        );
         tracing::warn!(event.id = stored.id.0, project = %stored.project, attempts = stored.attempts + 1, retry_in_ms = backoff, error = %error, "planning failed; will retry");
         self.store
             .mark_event_failed_attempt(stored.id, &error.to_string(), now_millis() + backoff)

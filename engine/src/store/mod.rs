@@ -30,6 +30,7 @@ mod outbox;
 mod runs;
 pub mod schema;
 pub mod states;
+mod stats;
 mod steps;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ pub use forge_state::{CommentKind, ForgeComment};
 pub use outbox::{OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
 pub use runs::{NewRun, Page, Run, RunFilter, RunPage};
 pub use states::{EventState, RunState, StepState};
+pub use stats::StoreStats;
 pub use steps::{Step, StepChange};
 
 /// Milliseconds since the Unix epoch.

@@ -9,6 +9,7 @@ use ferry_engine::forge::HeaderSource;
 use ferry_engine::service::intake::{self, Outcome};
 
 use super::AppState;
+use ferry_engine::metrics::render_gauges;
 
 /// axum's headers as the engine reads them.
 struct Headers<'a>(&'a HeaderMap);
@@ -98,9 +99,31 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    match state.store.stats().await {
+        Ok(stats) => {
+            let runs: Vec<_> = stats
+                .runs
+                .iter()
+                .map(|(s, n)| (vec![("state", s.as_str().to_owned())], *n as f64))
+                .collect();
+            text.push_str(&render_gauges(
+                "ferry_runs",
+                "Runs in the store by state.",
+                &runs,
+            ));
+            text.push_str(&render_gauges(
+                "ferry_outbox_depth",
+                "State changes not yet reported to the forge.",
+                &[(Vec::new(), stats.outbox_unsent as f64)],
+            ));
+            text.push_str(&render_gauges(
+                "ferry_events_pending",
+                "Stored deliveries not yet planned.",
+                &[(Vec::new(), stats.events_pending as f64)],
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: reading the store failed"),
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

@@ -214,6 +214,7 @@ pub async fn serve_with(
     let config = Arc::new(config);
     let profile = Arc::new(profile);
     let data_dir = PathBuf::from(&config.data_dir);
+    let metrics = Arc::new(Metrics::default());
     let wake = Arc::new(Notify::new());
     let runs_wake = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -235,13 +236,16 @@ pub async fn serve_with(
         })
         .with_runs_created(runs_wake.clone()),
     );
-    let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
-        config.clone(),
-        profile.clone(),
-        executor.clone(),
-        data_dir.clone(),
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            store.clone(),
+            config.clone(),
+            profile.clone(),
+            executor.clone(),
+            data_dir.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let forge_credentials: HashMap<String, ForgeCredentials> = config
         .projects
         .iter()
@@ -267,7 +271,7 @@ pub async fn serve_with(
         config: config.clone(),
         store: store.clone(),
         secrets: Arc::new(secrets),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         planner_wake: wake,
         planner,
         executor,

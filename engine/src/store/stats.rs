@@ -1,0 +1,46 @@
+//! Counts for `/metrics`, read when it is scraped: runs by state, unsent outbox rows, pending
+//! events. Each is one indexed aggregate query.
+
+use super::{RunState, Store, StoreError, parse_word, with_pool};
+
+/// What the store holds right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Runs per state (every state listed, zero included).
+    pub runs: Vec<(RunState, i64)>,
+    /// Outbox rows not yet delivered to a forge.
+    pub outbox_unsent: i64,
+    /// Stored events not yet planned (waiting or backing off).
+    pub events_pending: i64,
+}
+
+impl Store {
+    /// Runs by state, unsent outbox rows and pending events.
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let (by_state, outbox, events): (Vec<(String, i64)>, (i64,), (i64,)) =
+            with_pool!(self, |pool| {
+                let by_state = sqlx::query_as("SELECT state, COUNT(*) FROM runs GROUP BY state")
+                    .fetch_all(pool)
+                    .await?;
+                let outbox = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+                    .fetch_one(pool)
+                    .await?;
+                let events = sqlx::query_as("SELECT COUNT(*) FROM events WHERE state = 'pending'")
+                    .fetch_one(pool)
+                    .await?;
+                (by_state, outbox, events)
+            });
+        let mut runs: Vec<(RunState, i64)> = RunState::ALL.iter().map(|s| (*s, 0)).collect();
+        for (word, n) in by_state {
+            let state = parse_word("run state", &word, RunState::parse)?;
+            if let Some(slot) = runs.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 = n;
+            }
+        }
+        Ok(StoreStats {
+            runs,
+            outbox_unsent: outbox.0,
+            events_pending: events.0,
+        })
+    }
+}
