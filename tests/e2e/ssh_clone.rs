@@ -78,7 +78,7 @@ async fn planning_fetches_over_ssh_with_the_agents_key() {
     }
     let dir = TempDir::new("ssh");
     let d = dir.path();
-    let user = run(&mut Command::new("id").arg("-un"));
+    let user = run(Command::new("id").arg("-un"));
     for key in ["host_key", "user_key"] {
         run(Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])

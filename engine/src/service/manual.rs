@@ -91,7 +91,7 @@ impl Planner {
         let p = project.clone();
         let lookup = wanted_ref.clone();
         let (full_ref, sha, files) = tokio::task::spawn_blocking(
-            move || -> Result<(String, String, Vec<(String, Vec<u8>)>), ManualError> {
+            move || -> Result<Resolved, ManualError> {
                 let candidates = ref_candidates(&lookup);
                 let sha = match sha_given {
                     Some(sha) => {
@@ -181,6 +181,10 @@ impl Planner {
         Ok(id)
     }
 }
+
+/// What a manual request resolves to in the mirror: the full ref, the commit, and the pipeline
+/// files at that commit.
+type Resolved = (String, String, Vec<(String, Vec<u8>)>);
 
 /// The full refs a name may mean, most likely first: a full ref as it is; otherwise the branch,
 /// then the tag.
