@@ -51,8 +51,9 @@ fetch_helm() {
     mv "$helm.part" "$helm"
     rm -rf "$tmp"
   fi
-  "$helm" version --short | grep -q "^$HELM_VERSION" \
-    || die "$helm is not helm $HELM_VERSION: $("$helm" version --short)"
+  local version
+  version=$("$helm" version --short)
+  [[ $version == "$HELM_VERSION"* ]] || die "$helm is not helm $HELM_VERSION: $version"
   mkdir -p "$CACHE/bin"
   ln -sfn "../helm-$HELM_VERSION/helm" "$CACHE/bin/helm"
   HELM=$CACHE/bin/helm
