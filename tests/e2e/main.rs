@@ -18,6 +18,8 @@
 //!   status documents of its controller stand-in.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
 //!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
+//! - `helm`: the Helm chart renders a `ferry.yaml` and profile that ferry's own parsers accept
+//!   (with the helm `deploy/check.sh` caches); the Kueue / PriorityClass examples match the profile.
 
 mod argo_executor;
 mod argo_schema;
@@ -26,6 +28,7 @@ mod distributed;
 mod executing;
 mod fake_k8s;
 mod gates;
+mod helm;
 mod hostile_yaml;
 mod injection;
 mod intake;
