@@ -51,7 +51,7 @@ use sqlx::sqlite::{
 
 pub use events::{Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
 pub use forge_state::{CommentKind, ForgeComment};
-pub use outbox::{OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
+pub use outbox::{ChangeMark, OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
 pub use runs::{NewRun, Page, Run, RunFilter, RunPage};
 pub use states::{EventState, RunState, StepState};
 pub use steps::{Step, StepChange};
