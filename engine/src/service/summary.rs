@@ -292,7 +292,8 @@ pub fn number(v: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-fn change(name: &str, value: f64, base: f64) -> String {
+/// The change from `base` to `value` of metric `name`: `+0.02 (+2.2%) better`, `same`.
+pub fn change(name: &str, value: f64, base: f64) -> String {
     let delta = value - base;
     if delta == 0.0 {
         return "same".to_owned();
