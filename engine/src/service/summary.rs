@@ -259,7 +259,7 @@ fn steps_table(out: &mut String, input: &SummaryInput<'_>) {
 }
 
 /// `(step, metric) -> value` for every numeric metric the steps published.
-fn metrics_of(steps: &[Step]) -> BTreeMap<(String, String), f64> {
+pub(crate) fn metrics_of(steps: &[Step]) -> BTreeMap<(String, String), f64> {
     let mut out = BTreeMap::new();
     for step in steps {
         let Some(Value::Object(map)) = &step.metrics else {
