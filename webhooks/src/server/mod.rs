@@ -6,7 +6,8 @@
 //! stops accepting, lets in-flight requests and the current planning pass finish, then closes the
 //! database.
 
-mod demo;
+pub mod api;
+pub(crate) mod demo;
 mod hooks;
 pub mod metrics;
 
@@ -174,6 +175,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(hooks::readyz))
         .route("/metrics", get(hooks::metrics))
+        .merge(api::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
