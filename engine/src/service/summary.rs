@@ -268,7 +268,7 @@ pub fn gpu_hours(gpus: u32, millis: i64) -> f64 {
 }
 
 /// `(step, metric) -> value` for every numeric metric the steps published.
-fn metrics_of(steps: &[Step]) -> BTreeMap<(String, String), f64> {
+pub(crate) fn metrics_of(steps: &[Step]) -> BTreeMap<(String, String), f64> {
     let mut out = BTreeMap::new();
     for step in steps {
         let Some(Value::Object(map)) = &step.metrics else {

@@ -6,8 +6,9 @@
 //! stops accepting, lets in-flight requests and the current planning pass finish, then closes the
 //! database.
 
+pub mod api;
 pub mod dashboard;
-mod demo;
+pub(crate) mod demo;
 mod hooks;
 pub mod metrics;
 
@@ -177,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(hooks::readyz))
         .route("/metrics", get(hooks::metrics))
+        .merge(api::routes())
         .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -61,8 +61,8 @@ pub fn token_of(headers: &HeaderMap) -> Option<&str> {
 
 /// Whether `token` is a valid, unrevoked API token.
 async fn valid(state: &AppState, token: &str) -> bool {
-    match super::shim::token_valid(&state.store, token).await {
-        Ok(found) => found,
+    match state.store.authenticate_token(token).await {
+        Ok(found) => found.is_some(),
         Err(e) => {
             tracing::error!(error = %e, "dashboard: cannot check a token");
             false

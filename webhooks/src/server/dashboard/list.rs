@@ -286,6 +286,7 @@ pub(super) mod tests {
             started_at: Some(2_000),
             finished_at: Some(65_000),
             message: None,
+            triggered_by: None,
         }
     }
 

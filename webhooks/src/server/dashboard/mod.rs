@@ -26,15 +26,14 @@ mod list;
 mod live;
 mod logs;
 mod run;
-mod shim;
 
-use self::shim::run_detail;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ferry_engine::pipeline;
+use ferry_engine::service::operations::run_detail;
 use ferry_engine::store::{Page, RunId, StoreError, now_millis};
 use serde::Deserialize;
 

@@ -8,8 +8,8 @@
 
 use std::fmt::Write as _;
 
-use super::shim::{MetricComparison, RunDetail};
 use ferry_engine::pipeline::{Pipeline, StepKind};
+use ferry_engine::service::operations::{MetricComparison, RunDetail};
 use ferry_engine::service::summary::{change, duration, gpu_hours, number, step_gpus, step_millis};
 use ferry_engine::store::{Run, Step, StepState, UnixMillis};
 
@@ -84,6 +84,14 @@ fn facts(out: &mut String, view: &RunView<'_>) {
         format!("<code title=\"{}\">{}</code>", Esc(&run.sha), Esc(&short)),
     );
     fact("trigger", trigger_word(run.trigger).to_owned());
+    let actor = view.detail.origin.as_ref().and_then(|o| o.actor.as_ref());
+    if let Some(who) = run
+        .triggered_by
+        .as_deref()
+        .or(actor.map(|a| a.login.as_str()))
+    {
+        fact("by", Esc(who).to_string());
+    }
     if let Some(of) = run.rerun_of {
         fact("rerun of", format!("<a href=\"/runs/{of}\">#{of}</a>"));
     }
@@ -388,9 +396,9 @@ pub fn render(view: &RunView<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::shim::{MetricComparison, RunDetail, Verdict};
     use super::*;
     use ferry_engine::problem::Problem;
+    use ferry_engine::service::operations::{MetricComparison, RunDetail, Verdict};
     use ferry_engine::service::summary::Links;
     use ferry_engine::store::{RunId, RunState};
 
@@ -427,6 +435,7 @@ steps:
 
     fn detail(state: RunState) -> RunDetail {
         let mut run = super::super::list::tests::run(7, state, "main");
+        run.triggered_by = Some("ci-<bot>".into());
         run.pipeline_yaml = PIPELINE.into();
         run.params.insert("lr".into(), "<0.1>".into());
         run.message = Some("boom <b>".into());
@@ -454,6 +463,7 @@ steps:
                     name: "accuracy".into(),
                     value: 0.93,
                     baseline: Some(0.91),
+                    change: Some(0.02),
                     lower_is_better: false,
                     verdict: Some(Verdict::Better),
                 },
@@ -462,11 +472,13 @@ steps:
                     name: "val_loss".into(),
                     value: 0.4,
                     baseline: Some(0.3),
+                    change: Some(0.1),
                     lower_is_better: true,
                     verdict: Some(Verdict::Worse),
                 },
             ],
             links: Links::default(),
+            origin: None,
             run,
         }
     }
@@ -516,6 +528,7 @@ steps:
         // Values users control are text.
         assert!(html.contains("<code>&lt;0.1&gt;</code>"));
         assert!(html.contains("boom &lt;b&gt;"));
+        assert!(html.contains("<dt>by</dt><dd>ci-&lt;bot&gt;</dd>"));
         assert!(html.contains("exit 3 &lt;script&gt;"));
         assert!(html.contains("Traceback &lt;module&gt;\nx &amp; y\n</pre>"));
         // A finished run cannot be cancelled; buttons wait for a token.

@@ -26,8 +26,9 @@
   async function errorText(response) {
     try {
       const body = await response.json();
+      // The API answers {"error": {"code", "message"}}; /login answers {"error": "..."}.
+      if (body && body.error && typeof body.error.message === 'string') return body.error.message;
       if (body && typeof body.error === 'string') return body.error;
-      if (body && typeof body.message === 'string') return body.message;
     } catch (_) { /* not JSON */ }
     return response.status + ' ' + response.statusText;
   }
