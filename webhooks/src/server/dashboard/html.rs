@@ -106,7 +106,7 @@ pub fn page(frame: &Frame<'_>, body: &str) -> String {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · ferry</title>\
-         <link rel=\"stylesheet\" href=\"/assets/app.css\">\
+         <link rel=\"stylesheet\" href=\"/assets/app.css\"><link rel=\"icon\" href=\"/assets/favicon.svg\">\
          <script src=\"/assets/app.js\" defer></script></head>\
          <body data-mark=\"{}\" data-private=\"{}\">\
          <header><a class=\"brand\" href=\"/\">ferry</a><nav><a href=\"/\">runs</a></nav>\

@@ -5,8 +5,8 @@
 //!   baseline, a log tail, and rerun / cancel buttons ([`run`], [`graph`], [`logs`]).
 //! - `GET /events`: server-sent events saying when runs changed ([`live`]).
 //! - `POST /login`, `POST /logout`: the sign-in cookie ([`auth`]).
-//! - `GET /assets/app.js`, `GET /assets/app.css`: the only script and stylesheet, embedded in the
-//!   binary.
+//! - `GET /assets/app.js`, `GET /assets/app.css`, `GET /assets/favicon.svg`: the only script,
+//!   stylesheet and icon, embedded in the binary.
 //!
 //! **Why server-rendered.** The pages are plain HTML made by Rust functions from the store's
 //! data, so they work with scripts off (minus live updates and buttons), need no npm build, and
@@ -60,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route("/logout", post(auth::logout))
         .route("/assets/app.js", get(script))
         .route("/assets/app.css", get(stylesheet))
+        .route("/assets/favicon.svg", get(icon))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -85,6 +86,10 @@ async fn script() -> Response {
 
 async fn stylesheet() -> Response {
     asset("text/css; charset=utf-8", include_str!("assets/app.css"))
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", include_str!("assets/favicon.svg"))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -376,7 +376,12 @@ pub fn render(view: &RunView<'_>) -> String {
     actions(&mut out, run);
     out.push_str("</section>");
     if let Some(message) = &run.message {
-        let _ = write!(out, "<p class=\"message\">{}</p>", Esc(message));
+        let _ = write!(
+            out,
+            "<p class=\"run-message state-{}\">{}</p>",
+            run.state.as_str(),
+            Esc(message)
+        );
     }
     params(&mut out, run);
     if !run.problems.is_empty() {
