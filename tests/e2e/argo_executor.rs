@@ -142,6 +142,7 @@ fn stored_run(id: i64, project: &str) -> Run {
         started_at: None,
         finished_at: None,
         message: None,
+        triggered_by: None,
     }
 }
 

@@ -65,6 +65,7 @@ async fn server() -> Server {
         planner_wake: Arc::new(Notify::new()),
         planner: Arc::new(planner),
         executor: Arc::new(executor),
+        live: Default::default(),
     };
     Server {
         app: router(state),

@@ -6,6 +6,7 @@
 //! - `distributed`: the pods of PyTorchJob / JobSet steps get the torchrun variables and workspace.
 //! - `gates`: skipped steps, `depends` and `when` follow `needs`, `if.events` and `if.metrics`.
 //! - `injection`: hostile refs, tags and parameter values never change a manifest's structure.
+//! - `dashboard`: the dashboard in headless Chromium: sign in, list, run page, rerun, live updates.
 //! - `cli`: `ferry validate`, `ferry schema` and `ferry render` as a user runs them.
 //! - `hostile_yaml`: alias bombs, huge files and deep nesting are refused.
 //! - `intake`: webhook deliveries over HTTP: fixtures, bad secrets, redeliveries, concurrency.
@@ -24,6 +25,7 @@
 mod argo_executor;
 mod argo_schema;
 mod cli;
+mod dashboard;
 mod distributed;
 mod executing;
 mod fake_k8s;

@@ -32,6 +32,8 @@ pub struct ManualRequest {
     pub rerun_of: Option<RunId>,
     /// What to record as the trigger ([`EventKind::Manual`] unless a comment asked).
     pub trigger: Option<EventKind>,
+    /// Who asked (an API token's name), recorded with the run.
+    pub triggered_by: Option<String>,
 }
 
 /// Why a manual run was not created.
@@ -172,7 +174,10 @@ impl Planner {
             dedup_scope: None,
             steps: pipeline.steps.iter().map(|s| s.name.clone()).collect(),
         };
-        let (id, _) = self.store.create_run(&run).await?;
+        let (id, _) = self
+            .store
+            .create_run_by(&run, req.triggered_by.as_deref())
+            .await?;
         tracing::info!(run = %id, project = %run.project, pipeline = %run.pipeline, sha = %run.sha,
             "manual run queued");
         if let Some(wake) = &self.runs_created {

@@ -142,7 +142,8 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
-fn step_millis(step: &Step, now: UnixMillis) -> Option<i64> {
+/// How long a step has run: to its end, or to `now` while it runs; `None` before it starts.
+pub fn step_millis(step: &Step, now: UnixMillis) -> Option<i64> {
     let start = step.started_at?;
     Some(step.finished_at.unwrap_or(now) - start)
 }
@@ -222,14 +223,12 @@ fn steps_table(out: &mut String, input: &SummaryInput<'_>) {
     let mut total_gpu_hours = 0.0;
     for step in input.steps {
         let millis = step_millis(step, input.now);
-        let resources = input.pipeline.and_then(|p| p.step(&step.name)).map(|s| {
-            (
-                s.resources.gpu * s.nodes.max(1),
-                s.resources.gpu_type.clone(),
-            )
-        });
+        let resources = input
+            .pipeline
+            .and_then(|p| p.step(&step.name))
+            .map(|s| (step_gpus(s), s.resources.gpu_type.clone()));
         let (gpus, gpu_type) = resources.unwrap_or((0, None));
-        let gpu_hours = millis.map(|ms| f64::from(gpus) * ms as f64 / 3_600_000.0);
+        let gpu_hours = millis.map(|ms| gpu_hours(gpus, ms));
         let gpu_text = match (gpus, gpu_type) {
             (0, _) => "—".to_owned(),
             (n, Some(t)) => format!("{n} × {}", inline(&t, &[])),
@@ -258,8 +257,18 @@ fn steps_table(out: &mut String, input: &SummaryInput<'_>) {
     let _ = writeln!(out, "| **total** | | {total} | | {total_gpu_hours:.2} |");
 }
 
+/// The GPUs a step holds while it runs: GPUs per node times nodes.
+pub fn step_gpus(step: &crate::pipeline::Step) -> u32 {
+    step.resources.gpu * step.nodes.max(1)
+}
+
+/// GPU-hours of `gpus` GPUs held for `millis` milliseconds.
+pub fn gpu_hours(gpus: u32, millis: i64) -> f64 {
+    f64::from(gpus) * millis as f64 / 3_600_000.0
+}
+
 /// `(step, metric) -> value` for every numeric metric the steps published.
-fn metrics_of(steps: &[Step]) -> BTreeMap<(String, String), f64> {
+pub(crate) fn metrics_of(steps: &[Step]) -> BTreeMap<(String, String), f64> {
     let mut out = BTreeMap::new();
     for step in steps {
         let Some(Value::Object(map)) = &step.metrics else {
@@ -275,7 +284,7 @@ fn metrics_of(steps: &[Step]) -> BTreeMap<(String, String), f64> {
 }
 
 /// A metric value: integers as they are, others with at most 4 decimals.
-fn number(v: f64) -> String {
+pub fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         return format!("{v:.0}");
     }
@@ -283,7 +292,8 @@ fn number(v: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-fn change(name: &str, value: f64, base: f64) -> String {
+/// The change from `base` to `value` of metric `name`: `+0.02 (+2.2%) better`, `same`.
+pub fn change(name: &str, value: f64, base: f64) -> String {
     let delta = value - base;
     if delta == 0.0 {
         return "same".to_owned();

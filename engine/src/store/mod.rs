@@ -1,5 +1,5 @@
-//! The durable store: deliveries (events), runs, steps, the outbox and the reporter's memory of
-//! the forge (`forge_state`), in SQLite or PostgreSQL.
+//! The durable store: deliveries (events), runs, steps, the outbox, the reporter's memory of the
+//! forge (`forge_state`) and the HTTP API's tokens (`tokens`), in SQLite or PostgreSQL.
 //!
 //! One [`Store`] wraps either a SQLite pool (the default, `sqlite://ferry.db`) or a PostgreSQL
 //! pool (`postgres://` / `postgresql://` URLs, for several replicas). Every query is one SQL text
@@ -38,6 +38,9 @@ mod tests;
 mod tests_forge;
 #[cfg(test)]
 mod tests_runs;
+#[cfg(test)]
+mod tests_tokens;
+mod tokens;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -52,11 +55,14 @@ use sqlx::sqlite::{
 
 pub use events::{Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
 pub use forge_state::{CommentKind, ForgeComment};
-pub use outbox::{OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
+pub use outbox::{ChangeMark, OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
 pub use runs::{NewRun, Page, Run, RunFilter, RunPage};
 pub use states::{EventState, RunState, StepState};
 pub use stats::StoreStats;
 pub use steps::{Step, StepChange};
+pub use tokens::{
+    ApiToken, LAST_USE_RESOLUTION_MS, TOKEN_PREFIX, TokenId, TokenScope, TokenSecret,
+};
 
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = i64;
@@ -177,6 +183,17 @@ pub enum StoreError {
     /// A stored value is not one this version of ferry understands.
     #[error("unexpected stored value: {0}")]
     Corrupt(String),
+    /// A row with this unique name already exists; nothing was written.
+    #[error("{entity} `{key}` already exists")]
+    Duplicate {
+        /// `token`.
+        entity: &'static str,
+        /// The name.
+        key: String,
+    },
+    /// The operating system's random source failed.
+    #[error("no random bytes from the operating system: {0}")]
+    Random(String),
     /// The group commit holding this delivery failed; nothing in it was stored.
     #[error("group commit failed: {0}")]
     GroupCommit(String),

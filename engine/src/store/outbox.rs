@@ -41,6 +41,30 @@ pub struct OutboxItem {
     pub next_attempt_at: UnixMillis,
 }
 
+/// What [`Store::change_mark`] reads: the newest outbox row's id and how many rows the newest
+/// [`ChangeMark::WINDOW`] ids hold. Every state change adds an outbox row and rows are never
+/// deleted, so the mark differs after any commit: a new newest row moves `latest`, and a row
+/// with a lower id committed after a newer one (PostgreSQL assigns ids at insert, not at commit)
+/// moves `recent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChangeMark {
+    /// The newest outbox row's id (0 with none).
+    pub latest: i64,
+    /// How many rows have ids in `(latest - WINDOW, latest]`.
+    pub recent: i64,
+}
+
+impl ChangeMark {
+    /// How far back late commits are noticed, in ids.
+    pub const WINDOW: i64 = 1024;
+}
+
+impl std::fmt::Display for ChangeMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.latest, self.recent)
+    }
+}
+
 /// Inserts an outbox row inside the transaction `$tx` (used by the run and step transitions).
 macro_rules! insert_outbox {
     ($tx:ident, $run_id:expr, $kind:expr, $payload:expr, $now:expr) => {
@@ -99,6 +123,25 @@ impl Store {
                 .await?
         });
         Ok(row.0)
+    }
+
+    /// A mark that changes with every run or step state change committed by any process on this
+    /// database (see [`ChangeMark`]); the dashboard polls it for its live updates. Two index
+    /// lookups on the outbox's primary key.
+    pub async fn change_mark(&self) -> Result<ChangeMark, StoreError> {
+        let row: (Option<i64>, i64) = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT MAX(id), COUNT(*) FROM outbox \
+                 WHERE id > (SELECT COALESCE(MAX(id), 0) FROM outbox) - $1",
+            )
+            .bind(ChangeMark::WINDOW)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(ChangeMark {
+            latest: row.0.unwrap_or(0),
+            recent: row.1,
+        })
     }
 
     /// Every outbox row of a run, sent or not, oldest first.

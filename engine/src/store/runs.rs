@@ -107,6 +107,8 @@ pub struct Run {
     pub finished_at: Option<UnixMillis>,
     /// The executor's last message about it (a failure, a lost workflow).
     pub message: Option<String>,
+    /// Who asked for it through the API (the token's name); `None` for runs started by events.
+    pub triggered_by: Option<String>,
 }
 
 /// Which runs [`Store::list_runs`] returns; `None` fields match everything.
@@ -231,7 +233,7 @@ macro_rules! select_runs {
         concat!(
             "SELECT id, project, pipeline, sha, trigger, event_id, rerun_of, git_ref, branch, tag, \
              mr, params_json, pipeline_path, pipeline_yaml, state, problems_json, dedup_key, \
-             created_at, updated_at, started_at, finished_at, message FROM runs ",
+             created_at, updated_at, started_at, finished_at, message, triggered_by FROM runs ",
             $rest
         )
     };
@@ -265,6 +267,7 @@ fn run_from_row(row: &impl Columns) -> Result<Run, StoreError> {
         started_at: row.opt_int("started_at")?,
         finished_at: row.opt_int("finished_at")?,
         message: row.opt_text("message")?,
+        triggered_by: row.opt_text("triggered_by")?,
     })
 }
 
@@ -273,6 +276,15 @@ impl Store {
     /// in one transaction. Returns its id and whether it was created: a run with the same dedup
     /// key that already exists is returned with `false`, and nothing is written.
     pub async fn create_run(&self, run: &NewRun) -> Result<(RunId, bool), StoreError> {
+        self.create_run_by(run, None).await
+    }
+
+    /// [`Store::create_run`], recording who asked for the run (an API token's name).
+    pub async fn create_run_by(
+        &self,
+        run: &NewRun,
+        triggered_by: Option<&str>,
+    ) -> Result<(RunId, bool), StoreError> {
         match run.initial {
             RunState::Queued | RunState::Failed => {}
             RunState::Waiting
@@ -297,8 +309,8 @@ impl Store {
             let new: Option<(i64,)> = sqlx::query_as(
                 "INSERT INTO runs (project, pipeline, sha, trigger, event_id, rerun_of, git_ref, \
                  branch, tag, mr, params_json, pipeline_path, pipeline_yaml, state, problems_json, \
-                 dedup_key, created_at, updated_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, \
-                 $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17, $18) \
+                 dedup_key, created_at, updated_at, finished_at, triggered_by) VALUES ($1, $2, $3, \
+                 $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17, $18, $19) \
                  ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
             )
             .bind(&run.project)
@@ -319,6 +331,7 @@ impl Store {
             .bind(&dedup_key)
             .bind(now)
             .bind(finished)
+            .bind(triggered_by)
             .fetch_optional(&mut *tx)
             .await?;
             match new {

@@ -4,12 +4,25 @@
 //! database. Each transition table is an exhaustive `match` (no catch-all arm), so adding a state
 //! forces a decision about every edge. The store checks [`RunState::can_go_to`] and
 //! [`StepState::can_go_to`] *before* writing anything: an illegal transition is rejected, never
-//! written.
+//! written. Their serde form (for the API) is the same word as [`RunState::as_str`].
 
 use std::fmt;
 
 /// The state of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Created, not yet submitted.
     Queued,
@@ -101,7 +114,20 @@ impl fmt::Display for RunState {
 }
 
 /// The state of one step of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum StepState {
     /// Not started.
     Pending,
@@ -244,6 +270,19 @@ mod tests {
         }
         assert_eq!(RunState::parse("Queued"), None);
         assert_eq!(RunState::parse("done"), None);
+    }
+
+    #[test]
+    fn serde_words_are_the_stored_words() {
+        for s in RunState::ALL {
+            let json = serde_json::to_value(s).expect("serialize");
+            assert_eq!(json, serde_json::json!(s.as_str()));
+            assert_eq!(serde_json::from_value::<RunState>(json).expect("back"), s);
+        }
+        for s in StepState::ALL {
+            let json = serde_json::to_value(s).expect("serialize");
+            assert_eq!(json, serde_json::json!(s.as_str()));
+        }
     }
 
     #[test]

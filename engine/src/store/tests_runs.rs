@@ -490,3 +490,39 @@ async fn list_runs_filters_and_pages() {
         db.finish().await;
     }
 }
+
+#[tokio::test]
+async fn the_change_mark_moves_with_every_state_change() {
+    for db in backends("change_mark").await {
+        let s = &db.store;
+        let empty = s.change_mark().await.expect("mark");
+        assert_eq!(empty, ChangeMark::default());
+        let (id, _) = s
+            .create_run(&new_run("resnet", "train", &"c".repeat(40), Some("main")))
+            .await
+            .expect("create");
+        let created = s.change_mark().await.expect("mark");
+        assert_ne!(created, empty, "creating a run moves the mark");
+        assert_eq!(s.change_mark().await.expect("mark"), created, "stable");
+        s.transition_run(id, RunState::Queued, RunState::Submitted)
+            .await
+            .expect("submitted");
+        let submitted = s.change_mark().await.expect("mark");
+        assert_ne!(submitted, created, "a transition moves the mark");
+        s.transition_step(
+            id,
+            "train",
+            StepState::Pending,
+            StepState::Running,
+            &StepChange::default(),
+        )
+        .await
+        .expect("step");
+        assert_ne!(
+            s.change_mark().await.expect("mark"),
+            submitted,
+            "so does a step's"
+        );
+        db.finish().await;
+    }
+}

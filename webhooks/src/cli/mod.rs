@@ -1,8 +1,12 @@
-//! Command-line verbs: `validate`, `render`, `schema`.
+//! Command-line verbs: `serve`, `validate`, `render`, `run`, `schema`; `token` (the API's tokens,
+//! on the server's database); and the API client verbs `runs` and `trigger`.
 
+mod client;
 mod progress;
 mod render;
 mod run;
+mod runs;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +53,15 @@ enum Command {
 
     /// Print the JSON Schema of pipeline files (for yaml-language-server and other editors).
     Schema,
+
+    /// Manage the HTTP API's bearer tokens (on the server's database).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// List, show, rerun or cancel runs on a ferry server (FERRY_SERVER, FERRY_TOKEN).
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Run a pipeline on a ferry server (FERRY_SERVER, FERRY_TOKEN).
+    Trigger(runs::TriggerArgs),
 }
 
 /// Log output formats.
@@ -82,6 +95,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(command) => token::token(command),
+        Command::Runs(command) => runs::runs(command),
+        Command::Trigger(args) => runs::trigger(args),
     }
 }
 

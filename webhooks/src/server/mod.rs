@@ -6,7 +6,9 @@
 //! stops accepting, lets in-flight requests and the current planning pass finish, then closes the
 //! database.
 
-mod demo;
+pub mod api;
+pub mod dashboard;
+pub(crate) mod demo;
 mod hooks;
 pub mod metrics;
 
@@ -57,6 +59,8 @@ pub struct AppState {
     pub planner: Arc<Planner>,
     /// The executor runs go to (`/readyz` pings it).
     pub executor: Arc<dyn Executor>,
+    /// The dashboard's live-update feed (closed when shutdown starts).
+    pub live: dashboard::Live,
 }
 
 /// The configuration to start with, and where it came from.
@@ -174,6 +178,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(hooks::readyz))
         .route("/metrics", get(hooks::metrics))
+        .merge(api::routes())
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -275,10 +281,16 @@ pub async fn serve_with(
         planner_wake: wake,
         planner,
         executor,
+        live: dashboard::Live::default(),
     };
+    let live = state.live.clone();
     tracing::info!(listen = %listener.local_addr()?, "listening");
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Event streams never end by themselves; graceful shutdown waits for responses.
+            live.close();
+        })
         .await?;
     tracing::info!(
         "shutting down: waiting for the planner and the dispatcher to finish their pass"

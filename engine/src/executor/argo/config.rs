@@ -160,6 +160,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             message: None,
+            triggered_by: None,
         }
     }
 

@@ -957,6 +957,7 @@ fn stored_run(run: RunId, path: &str, yaml: &str) -> crate::store::Run {
         started_at: None,
         finished_at: None,
         message: None,
+        triggered_by: None,
     }
 }
 

@@ -7,9 +7,9 @@ use sha2::{Digest, Sha256};
 
 use super::{ReportError, Reporter};
 use crate::config::ProjectConfig;
-use crate::event::EventKind;
 use crate::forge::report::{CheckRunReport, Forge, ForgeError, StatusReport, StatusState};
 use crate::pipeline;
+use crate::service::operations;
 use crate::service::summary::{self, Baseline, Links, SummaryInput};
 use crate::store::{CommentKind, Run, RunState, Step, StepState, Store};
 
@@ -212,29 +212,12 @@ impl RunReport<'_> {
 
     /// The branch a run's metrics are compared on: an MR's target branch, else the run's own.
     async fn target_branch(&self) -> Result<Option<String>, ReportError> {
-        if self.run.mr.is_none() {
-            return Ok(self.run.branch.clone());
-        }
-        let event = match self.run.event_id {
-            Some(id) => self.store().event_by_id(id).await?,
-            None => None,
-        };
-        let from_event = event.and_then(|e| match e.event.kind {
-            EventKind::MergeRequest(mr) => Some(mr.target_branch),
-            EventKind::Comment(c) => c.target_branch,
-            EventKind::BranchPush(_)
-            | EventKind::TagPush(_)
-            | EventKind::Rerequested(_)
-            | EventKind::Ping => None,
-        });
-        Ok(from_event.or_else(|| {
-            Some(
-                self.project
-                    .default_branch
-                    .clone()
-                    .unwrap_or_else(|| "main".to_owned()),
-            )
-        }))
+        Ok(operations::metrics_branch(
+            self.store(),
+            self.run,
+            self.project.default_branch.as_deref(),
+        )
+        .await?)
     }
 
     pub(super) async fn note(&self, mr: i64) -> Result<(), ReportError> {

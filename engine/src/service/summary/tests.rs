@@ -38,6 +38,7 @@ fn run(id: i64, state: RunState) -> Run {
         started_at: Some(0),
         finished_at: state.is_terminal().then_some(65 * MIN),
         message: None,
+        triggered_by: None,
     }
 }
 
