@@ -17,11 +17,15 @@
 //!   retries, watch to observations, dropped watches and `410`, cancel, TTL deletion, reconcile.
 //! - `fake_k8s`: the fake Kubernetes API through the real `kube` client and watcher; the Argo
 //!   status documents of its controller stand-in.
+//! - `api`: the HTTP API (every route, errors, tokens and their scopes, `dashboard_public`, the
+//!   OpenAPI document against the router) and the CLI client against a whole server, with a run
+//!   executed by the local executor.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
 //!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
 //! - `helm`: the Helm chart renders a `ferry.yaml` and profile that ferry's own parsers accept
 //!   (with the helm `deploy/check.sh` caches); the Kueue / PriorityClass examples match the profile.
 
+mod api;
 mod argo_executor;
 mod argo_schema;
 mod cli;
