@@ -174,6 +174,7 @@ async fn harness(extra_config: &str) -> Harness {
         planner_wake: Arc::new(Notify::new()),
         planner: Arc::new(planner),
         executor: Arc::new(executor),
+        live: ferry::server::dashboard::Live::default(),
     };
     Harness {
         app: router(state),

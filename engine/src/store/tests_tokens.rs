@@ -128,7 +128,8 @@ async fn last_use_is_written_at_most_once_a_minute() {
             .bind(token.id.0)
             .execute(pool)
             .await
-            .expect("set"));
+            .expect("set")
+            .rows_affected());
         };
         let stored = || async {
             s.list_tokens().await.expect("list")[0]
