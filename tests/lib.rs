@@ -550,6 +550,26 @@ fn clip_lines(s: &str) -> String {
     }
 }
 
+/// Runs `git ARGS` in `dir` with a fixed author, panicking with git's message on failure; returns
+/// its trimmed standard output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Runs the `ferry` binary at `bin` with ARGS in `dir`.
 pub fn ferry_at(bin: &Path, dir: &Path, args: &[&str]) -> Run {
     let output: Output = Command::new(bin)

@@ -10,7 +10,6 @@
 mod cdp;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_engine::config::Config;
@@ -56,23 +55,7 @@ const TRAIN_FAILS: &str =
 /// A branch name git accepts that is also HTML.
 const HOSTILE_BRANCH: &str = "exp/<i>x</i>&\"y\"";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use ferry_tests::git;
 
 /// Commits the training script and metrics of one commit; returns its sha.
 fn commit(repo: &Path, train: &str, metrics: &str, message: &str) -> String {

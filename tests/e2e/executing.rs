@@ -2,7 +2,6 @@
 //! defaults runs the demo pipeline to the end), pushes run end to end through planning, dispatch
 //! and local processes, restarts reconcile lost runs, and `ferry run` on a working tree.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,23 +14,7 @@ use ferry_engine::service::dispatch::Dispatcher;
 use ferry_engine::store::{NewRun, Run, RunId, RunState, StepState, Store};
 use ferry_tests::TempDir;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use ferry_tests::git;
 
 /// Polls the store until run `id` is finished (at most a minute), returning it.
 async fn finished(store: &Store, id: RunId) -> Run {

@@ -92,8 +92,8 @@ impl Planner {
         );
         let p = project.clone();
         let lookup = wanted_ref.clone();
-        let (full_ref, sha, files) = tokio::task::spawn_blocking(
-            move || -> Result<Resolved, ManualError> {
+        let (full_ref, sha, files) =
+            tokio::task::spawn_blocking(move || -> Result<Resolved, ManualError> {
                 let candidates = ref_candidates(&lookup);
                 let sha = match sha_given {
                     Some(sha) => {
@@ -118,10 +118,9 @@ impl Planner {
                 let files = mirrors.pipeline_files(&p.name, &sha)?;
                 let full = candidates.into_iter().next().unwrap_or_default();
                 Ok((full, sha, files))
-            },
-        )
-        .await
-        .map_err(|e| ManualError::Git(MirrorError::Internal(e.to_string())))??;
+            })
+            .await
+            .map_err(|e| ManualError::Git(MirrorError::Internal(e.to_string())))??;
 
         let (file, text) = files
             .iter()
