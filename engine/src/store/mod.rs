@@ -24,6 +24,8 @@
 //! busy timeout against other processes), so concurrent requests queue fairly instead of spinning
 //! in SQLite's busy handler.
 
+mod answers;
+mod control;
 mod events;
 mod forge_state;
 mod outbox;
@@ -49,6 +51,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+pub use answers::{AnswerKind, NewAnswer, StoredAnswer};
+pub use control::{CancelOutcome, WaitReason};
 pub use events::{Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
 pub use forge_state::{CommentKind, ForgeComment};
 pub use outbox::{OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
