@@ -16,12 +16,15 @@
 //!   retries, watch to observations, dropped watches and `410`, cancel, TTL deletion, reconcile.
 //! - `fake_k8s`: the fake Kubernetes API through the real `kube` client and watcher; the Argo
 //!   status documents of its controller stand-in.
+//! - `commands`: `/ferry` comment commands and `/ferry ok-to-test` on a fake GitLab / GitHub:
+//!   who may, what runs, cancels through the local executor, one answer per comment.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
 //!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
 
 mod argo_executor;
 mod argo_schema;
 mod cli;
+mod commands;
 mod distributed;
 mod executing;
 mod fake_k8s;

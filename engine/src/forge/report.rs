@@ -612,20 +612,21 @@ mod tests {
 
     #[test]
     fn access_comes_from_gitlab_levels_and_github_roles() {
+        use Access::{Admin, Maintain, Read, Write};
+        let no = Access::None;
         let levels = [0, 5, 10, 15, 20, 30, 40, 50, 60];
         let access: Vec<Access> = levels.into_iter().map(Access::from_gitlab_level).collect();
-        use Access::*;
         assert_eq!(
             access,
-            [None, None, Read, Read, Read, Write, Maintain, Admin, Admin]
+            [no, no, Read, Read, Read, Write, Maintain, Admin, Admin]
         );
         assert_eq!(Access::from_github("write", Some("maintain")), Maintain);
         assert_eq!(Access::from_github("read", Some("triage")), Read);
         assert_eq!(Access::from_github("write", Some("custom-ml-role")), Write);
         assert_eq!(Access::from_github("admin", None), Admin);
-        assert_eq!(Access::from_github("none", None), None);
-        assert_eq!(Access::from_github("", Some("")), None);
-        let allowed: Vec<bool> = [None, Read, Write, Maintain, Admin]
+        assert_eq!(Access::from_github("none", None), no);
+        assert_eq!(Access::from_github("", Some("")), no);
+        let allowed: Vec<bool> = [no, Read, Write, Maintain, Admin]
             .into_iter()
             .map(Access::may_command)
             .collect();

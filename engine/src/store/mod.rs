@@ -1,5 +1,6 @@
-//! The durable store: deliveries (events), runs, steps, the outbox and the reporter's memory of
-//! the forge (`forge_state`), in SQLite or PostgreSQL.
+//! The durable store: deliveries (events), runs, steps, the outbox, the reporter's memory of
+//! the forge (`forge_state`), approvals and cancel requests (`control`) and the answers to
+//! comment commands (`answers`), in SQLite or PostgreSQL.
 //!
 //! One [`Store`] wraps either a SQLite pool (the default, `sqlite://ferry.db`) or a PostgreSQL
 //! pool (`postgres://` / `postgresql://` URLs, for several replicas). Every query is one SQL text
@@ -35,6 +36,8 @@ pub mod states;
 mod steps;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_commands;
 #[cfg(test)]
 mod tests_forge;
 #[cfg(test)]
