@@ -31,9 +31,7 @@ use ferry_engine::service::intake::{self, Outcome, Secret, Secrets};
 use ferry_engine::service::mirror::SecretString;
 use ferry_engine::service::planner::Planner;
 use ferry_engine::service::report::Reporter;
-use ferry_engine::store::{
-    NewRun, Page, Run, RunFilter, RunId, RunState, StepState, Store,
-};
+use ferry_engine::store::{NewRun, Page, Run, RunFilter, RunId, RunState, StepState, Store};
 use ferry_tests::TempDir;
 use ferry_tests::fake_forge::{FakeForge, GITHUB_TOKEN, GITLAB_TOKEN, Role};
 use hmac::{Hmac, Mac};
@@ -137,7 +135,14 @@ async fn world() -> World {
     commit(dir, ".ferry/slow.yaml", SLOW, "slow");
     git(dir, &["checkout", "-q", "-b", "feature"]);
     let feature = commit(dir, "model/a.txt", "a", "feature work");
-    git(dir, &["update-ref", &format!("refs/merge-requests/{MR}/head"), &feature]);
+    git(
+        dir,
+        &[
+            "update-ref",
+            &format!("refs/merge-requests/{MR}/head"),
+            &feature,
+        ],
+    );
     git(dir, &["checkout", "-q", "main"]);
 
     let forge = FakeForge::start().await;
@@ -251,7 +256,14 @@ impl World {
 
     /// Merge request `iid` from `feature` (or a fork) to `main` at `sha`, opened or updated by
     /// `author`, delivered and planned.
-    async fn merge_request(&self, iid: u64, action: &str, sha: &str, fork: bool, author: (u64, &str)) {
+    async fn merge_request(
+        &self,
+        iid: u64,
+        action: &str,
+        sha: &str,
+        fork: bool,
+        author: (u64, &str),
+    ) {
         let body = json!({
             "object_kind": "merge_request",
             "user": {"id": author.0, "username": author.1},
@@ -299,7 +311,11 @@ impl World {
 
     async fn plan(&self) {
         self.planner.plan_pending().await.expect("planning");
-        let events = self.store.first_pending_event("resnet").await.expect("read");
+        let events = self
+            .store
+            .first_pending_event("resnet")
+            .await
+            .expect("read");
         assert!(events.is_none(), "an event is left unplanned: {events:?}");
     }
 
@@ -373,8 +389,12 @@ async fn finished(store: &Store, id: RunId) -> Run {
 #[tokio::test]
 async fn a_developer_runs_a_pipeline_with_a_parameter_and_gets_a_thumbs_up() {
     let w = world().await;
-    w.comment(DEV, 501, "Let's try a smaller rate.\n\n/ferry run train lr=0.01\n")
-        .await;
+    w.comment(
+        DEV,
+        501,
+        "Let's try a smaller rate.\n\n/ferry run train lr=0.01\n",
+    )
+    .await;
     let runs = w.runs().await;
     assert_eq!(runs.len(), 1, "{runs:#?}");
     let run = &runs[0];
@@ -390,13 +410,20 @@ async fn a_developer_runs_a_pipeline_with_a_parameter_and_gets_a_thumbs_up() {
     assert_eq!(done.state, RunState::Succeeded, "{done:?}");
 
     // An undeclared parameter: a reply naming it and the declared ones; nothing runs.
-    w.comment(DEV, 502, "/ferry run train lr=0.2 batch=64").await;
+    w.comment(DEV, 502, "/ferry run train lr=0.2 batch=64")
+        .await;
     assert_eq!(w.runs().await.len(), 1, "nothing more ran");
     let replies = w.replies_to(MR, 502);
     assert_eq!(replies.len(), 1, "{replies:?}");
     let reply = &replies[0];
-    assert!(reply.contains("`batch` is not declared by pipeline `train`"), "{reply}");
-    assert!(reply.contains("declared: `lr`") || reply.contains("declared: lr"), "{reply}");
+    assert!(
+        reply.contains("`batch` is not declared by pipeline `train`"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains("declared: `lr`") || reply.contains("declared: lr"),
+        "{reply}"
+    );
     assert!(reply.contains("@dev"), "{reply}");
     assert!(w.reactions_on(502).is_empty());
 
@@ -413,11 +440,20 @@ async fn people_without_write_access_are_refused_politely_and_nothing_runs() {
     let w = world().await;
     for (i, who) in [REPORTER, OUTSIDER].into_iter().enumerate() {
         let id = 600 + i as u64;
-        w.comment(who, id, "/ferry run train\n/ferry ok-to-test").await;
+        w.comment(who, id, "/ferry run train\n/ferry ok-to-test")
+            .await;
         let replies = w.replies_to(MR, id);
         assert_eq!(replies.len(), 1, "{replies:?}");
-        assert!(replies[0].contains("Sorry, only people with developer"), "{}", replies[0]);
-        assert!(replies[0].contains(&format!("@{}", who.1)), "{}", replies[0]);
+        assert!(
+            replies[0].contains("Sorry, only people with developer"),
+            "{}",
+            replies[0]
+        );
+        assert!(
+            replies[0].contains(&format!("@{}", who.1)),
+            "{}",
+            replies[0]
+        );
         assert!(w.reactions_on(id).is_empty());
     }
     assert!(w.runs().await.is_empty(), "nothing ran");
@@ -436,16 +472,26 @@ async fn people_without_write_access_are_refused_politely_and_nothing_runs() {
 #[tokio::test]
 async fn rerun_repeats_only_what_failed_and_all_with_the_flag() {
     let w = world().await;
-    w.merge_request(MR, "open", &w.feature.clone(), false, DEV).await;
+    w.merge_request(MR, "open", &w.feature.clone(), false, DEV)
+        .await;
     let first = w.runs().await;
     let names: Vec<&str> = first.iter().map(|r| r.pipeline.as_str()).collect();
-    assert_eq!(names, ["flaky", "train"], "the MR runs both pipelines by itself");
+    assert_eq!(
+        names,
+        ["flaky", "train"],
+        "the MR runs both pipelines by itself"
+    );
     for run in &first {
         finished(&w.store, run.id).await;
     }
     let flaky = first.iter().find(|r| r.pipeline == "flaky").expect("flaky");
     assert_eq!(
-        w.store.get_run(flaky.id).await.expect("get").expect("run").state,
+        w.store
+            .get_run(flaky.id)
+            .await
+            .expect("get")
+            .expect("run")
+            .state,
         RunState::Failed
     );
 
@@ -467,7 +513,10 @@ async fn rerun_repeats_only_what_failed_and_all_with_the_flag() {
         .map(|r| (r.pipeline.as_str(), r.rerun_of))
         .collect();
     let train = first.iter().find(|r| r.pipeline == "train").expect("train");
-    assert_eq!(again, [("flaky", Some(rerun.id)), ("train", Some(train.id))]);
+    assert_eq!(
+        again,
+        [("flaky", Some(rerun.id)), ("train", Some(train.id))]
+    );
     for run in &runs[3..] {
         finished(&w.store, run.id).await;
     }
@@ -486,7 +535,10 @@ async fn cancel_stops_a_running_run_through_the_executor() {
     w.comment(DEV, 801, "/ferry run slow").await;
     let slow = w.runs().await.pop().expect("slow run");
     assert_eq!(slow.pipeline, "slow");
-    wait_run(&w.store, slow.id, "running", |r| r.state == RunState::Running).await;
+    wait_run(&w.store, slow.id, "running", |r| {
+        r.state == RunState::Running
+    })
+    .await;
 
     w.comment(DEV, 802, "/ferry cancel slow").await;
     assert_eq!(w.reactions_on(802), ["thumbsup"]);
@@ -507,16 +559,30 @@ async fn help_and_unknown_commands_get_the_help_and_replies_never_act() {
     let w = world().await;
     w.comment(DEV, 901, "/ferry help").await;
     let help = w.replies_to(MR, 901).concat();
-    assert!(help.contains("`/ferry run [PIPELINE] [key=value ...]`"), "{help}");
+    assert!(
+        help.contains("`/ferry run [PIPELINE] [key=value ...]`"),
+        "{help}"
+    );
     assert!(help.contains("`/ferry ok-to-test`"), "{help}");
 
     w.comment(DEV, 902, "/ferry frobnicate now").await;
     let unknown = w.replies_to(MR, 902).concat();
-    assert!(unknown.contains("ferry has no command `/ferry frobnicate`"), "{unknown}");
-    assert!(unknown.contains("`/ferry rerun [PIPELINE] [--all]`"), "{unknown}");
+    assert!(
+        unknown.contains("ferry has no command `/ferry frobnicate`"),
+        "{unknown}"
+    );
+    assert!(
+        unknown.contains("`/ferry rerun [PIPELINE] [--all]`"),
+        "{unknown}"
+    );
 
     // Several commands: one reply quoting each, in order.
-    w.comment(DEV, 903, "/ferry help\n```\n/ferry run train\n```\n/ferry cancel --all").await;
+    w.comment(
+        DEV,
+        903,
+        "/ferry help\n```\n/ferry run train\n```\n/ferry cancel --all",
+    )
+    .await;
     let both = w.replies_to(MR, 903).concat();
     let help_at = both.find("`/ferry help`").expect("help quoted");
     let cancel_at = both.find("`/ferry cancel --all`").expect("cancel quoted");
@@ -527,12 +593,8 @@ async fn help_and_unknown_commands_get_the_help_and_replies_never_act() {
     // ferry's own reply comes back as a note hook from a maintainer's token: nothing happens.
     let calls = w.forge.calls().len();
     w.forge.set_user(1, "ferry-bot", Some(Role::Maintainer));
-    w.comment(
-        (1, "ferry-bot"),
-        999,
-        &format!("{help}\n/ferry run train"),
-    )
-    .await;
+    w.comment((1, "ferry-bot"), 999, &format!("{help}\n/ferry run train"))
+        .await;
     assert!(w.runs().await.is_empty());
     assert_eq!(w.forge.calls_since(calls), [], "no call at all");
     w.finish().await;
@@ -550,11 +612,15 @@ async fn a_fork_waits_for_ok_to_test_pinned_to_the_approved_commit() {
     let mr_ref = format!("refs/merge-requests/{FORK_MR}/head");
     git(dir, &["update-ref", &mr_ref, &first]);
 
-    w.merge_request(FORK_MR, "open", &first, true, OUTSIDER).await;
+    w.merge_request(FORK_MR, "open", &first, true, OUTSIDER)
+        .await;
     let waiting = w.runs().await;
     assert_eq!(waiting.len(), 2, "{waiting:#?}");
     for run in &waiting {
-        assert_eq!((run.state, run.sha.as_str()), (RunState::Waiting, first.as_str()));
+        assert_eq!(
+            (run.state, run.sha.as_str()),
+            (RunState::Waiting, first.as_str())
+        );
     }
     w.report().await;
     let statuses = w.forge.with(|s| s.gitlab_statuses.clone());
@@ -562,10 +628,15 @@ async fn a_fork_waits_for_ok_to_test_pinned_to_the_approved_commit() {
         .iter()
         .map(|s| (s.name.as_str(), s.state.as_str()))
         .collect();
-    assert_eq!(pending, [("ferry/flaky", "pending"), ("ferry/train", "pending")]);
+    assert_eq!(
+        pending,
+        [("ferry/flaky", "pending"), ("ferry/train", "pending")]
+    );
     assert!(
         statuses[0].description.contains("waiting: ")
-            && statuses[0].description.contains("/ferry ok-to-test (merge request from a fork)"),
+            && statuses[0]
+                .description
+                .contains("/ferry ok-to-test (merge request from a fork)"),
         "{statuses:#?}"
     );
     // Nothing runs while it waits.
@@ -576,21 +647,27 @@ async fn a_fork_waits_for_ok_to_test_pinned_to_the_approved_commit() {
     }
 
     // A reporter may not approve.
-    w.comment_at(FORK_MR, &first, REPORTER, 1001, "/ferry ok-to-test").await;
+    w.comment_at(FORK_MR, &first, REPORTER, 1001, "/ferry ok-to-test")
+        .await;
     assert!(w.replies_to(FORK_MR, 1001).concat().contains("Sorry"));
     // A developer does: the runs of the approved commit start.
-    w.comment_at(FORK_MR, &first, DEV, 1002, "/ferry ok-to-test").await;
+    w.comment_at(FORK_MR, &first, DEV, 1002, "/ferry ok-to-test")
+        .await;
     assert_eq!(w.reactions_on(1002), ["thumbsup"]);
     for run in &waiting {
         let done = finished(&w.store, run.id).await;
         assert_eq!(done.sha, first, "pinned to the approved commit");
         assert_ne!(done.state, RunState::Cancelled, "{done:?}");
-        assert_eq!(done.message.as_deref().filter(|m| m.contains("ok-to-test")), None);
+        assert_eq!(
+            done.message.as_deref().filter(|m| m.contains("ok-to-test")),
+            None
+        );
     }
 
     // A new push to the fork needs a new approval.
     git(dir, &["update-ref", &mr_ref, &second]);
-    w.merge_request(FORK_MR, "update", &second, true, OUTSIDER).await;
+    w.merge_request(FORK_MR, "update", &second, true, OUTSIDER)
+        .await;
     let new: Vec<Run> = w
         .runs()
         .await
@@ -600,21 +677,32 @@ async fn a_fork_waits_for_ok_to_test_pinned_to_the_approved_commit() {
     assert_eq!(new.len(), 2);
     assert!(new.iter().all(|r| r.state == RunState::Waiting), "{new:#?}");
     // An approval given for the old head approves nothing of the new one.
-    w.comment_at(FORK_MR, &first, DEV, 1003, "/ferry ok-to-test").await;
-    assert!(w.replies_to(FORK_MR, 1003).concat().contains("nothing waits"));
+    w.comment_at(FORK_MR, &first, DEV, 1003, "/ferry ok-to-test")
+        .await;
+    assert!(
+        w.replies_to(FORK_MR, 1003)
+            .concat()
+            .contains("nothing waits")
+    );
     // A third push before any approval supersedes the second one's waiting runs.
     git(dir, &["checkout", "-q", "-b", "fork-work", &second]);
     let third = commit(dir, "model/fork.txt", "3", "third");
     git(dir, &["checkout", "-q", "main"]);
     git(dir, &["branch", "-q", "-D", "fork-work"]);
     git(dir, &["update-ref", &mr_ref, &third]);
-    w.merge_request(FORK_MR, "update", &third, true, OUTSIDER).await;
+    w.merge_request(FORK_MR, "update", &third, true, OUTSIDER)
+        .await;
     for run in &new {
         let now = w.store.get_run(run.id).await.expect("get").expect("run");
         assert_eq!(now.state, RunState::Cancelled, "{now:?}");
-        assert!(now.message.as_deref().is_some_and(|m| m.contains("superseded")));
+        assert!(
+            now.message
+                .as_deref()
+                .is_some_and(|m| m.contains("superseded"))
+        );
     }
-    w.comment_at(FORK_MR, &third, DEV, 1004, "/ferry ok-to-test").await;
+    w.comment_at(FORK_MR, &third, DEV, 1004, "/ferry ok-to-test")
+        .await;
     assert_eq!(w.reactions_on(1004), ["thumbsup"]);
     let approved: Vec<Run> = w
         .runs()
@@ -632,7 +720,8 @@ async fn a_fork_waits_for_ok_to_test_pinned_to_the_approved_commit() {
 #[tokio::test]
 async fn an_author_without_write_access_waits_too() {
     let w = world().await;
-    w.merge_request(MR, "open", &w.feature.clone(), false, REPORTER).await;
+    w.merge_request(MR, "open", &w.feature.clone(), false, REPORTER)
+        .await;
     let runs = w.runs().await;
     assert_eq!(runs.len(), 2);
     for run in &runs {
@@ -646,8 +735,13 @@ async fn an_author_without_write_access_waits_too() {
     }
     // A developer's merge request runs by itself.
     let runs_before = w.runs().await.len();
-    w.merge_request(MR, "reopen", &w.feature.clone(), false, DEV).await;
-    assert_eq!(w.runs().await.len(), runs_before, "same commit, same dedup key");
+    w.merge_request(MR, "reopen", &w.feature.clone(), false, DEV)
+        .await;
+    assert_eq!(
+        w.runs().await.len(),
+        runs_before,
+        "same commit, same dedup key"
+    );
     w.finish().await;
 }
 
@@ -759,12 +853,22 @@ async fn github_asks_collaborator_permissions_and_pull_heads_and_reacts() {
         let body = serde_json::to_vec(&body).expect("json");
         let headers: HashMap<String, String> = HashMap::from([
             ("X-GitHub-Event".into(), "issue_comment".into()),
-            ("X-GitHub-Delivery".into(), format!("d-{}", w.keys.fetch_add(1, Ordering::Relaxed))),
+            (
+                "X-GitHub-Delivery".into(),
+                format!("d-{}", w.keys.fetch_add(1, Ordering::Relaxed)),
+            ),
             ("X-Hub-Signature-256".into(), github_signature(&body)),
         ]);
-        let outcome = intake::receive(&w.store, &w.config, &w.secrets, ForgeKind::Github, &headers, &body)
-            .await
-            .expect("intake");
+        let outcome = intake::receive(
+            &w.store,
+            &w.config,
+            &w.secrets,
+            ForgeKind::Github,
+            &headers,
+            &body,
+        )
+        .await
+        .expect("intake");
         assert!(matches!(outcome, Outcome::Stored { .. }), "{outcome:?}");
         w.plan().await;
         w.report().await;
@@ -773,16 +877,25 @@ async fn github_asks_collaborator_permissions_and_pull_heads_and_reacts() {
     deliver(comment("octo-read", 41, "/ferry cancel")).await;
     let reply = w.replies_to(MR, 41).concat();
     assert!(reply.contains("Sorry"), "{reply}");
-    assert_eq!(w.store.get_run(id).await.expect("get").expect("run").state, RunState::Queued);
+    assert_eq!(
+        w.store.get_run(id).await.expect("get").expect("run").state,
+        RunState::Queued
+    );
 
     deliver(comment("octo-dev", 42, "/ferry cancel")).await;
     assert_eq!(w.reactions_on(42), ["+1"]);
-    assert_eq!(w.store.get_run(id).await.expect("get").expect("run").state, RunState::Cancelled);
+    assert_eq!(
+        w.store.get_run(id).await.expect("get").expect("run").state,
+        RunState::Cancelled
+    );
 
     // `ok-to-test` needs the head, which GitHub's comment event does not carry.
     deliver(comment("octo-dev", 43, "/ferry ok-to-test")).await;
     let reply = w.replies_to(MR, 43).concat();
-    assert!(reply.contains(&format!("at the head commit {}", &head[..8])), "{reply}");
+    assert!(
+        reply.contains(&format!("at the head commit {}", &head[..8])),
+        "{reply}"
+    );
     let lines: Vec<String> = w
         .forge
         .calls()

@@ -5,9 +5,7 @@
 use axum::http::Method;
 use serde_json::json;
 
-use super::{
-    Answer, ForgeState, GITLAB_TOKEN, GitlabStatus, Note, Reaction, Request, query_param,
-};
+use super::{Answer, ForgeState, GITLAB_TOKEN, GitlabStatus, Note, Reaction, Request, query_param};
 
 pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
     let token = req
@@ -47,9 +45,10 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
             }
         }
         (&Method::GET, ["projects", _, "merge_requests", mr]) => {
-            let found = mr.parse::<u64>().ok().and_then(|n| {
-                state.merge_requests.get(&n).map(|m| (n, m))
-            });
+            let found = mr
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| state.merge_requests.get(&n).map(|m| (n, m)));
             match found {
                 Some((n, m)) => Answer::json(
                     200,
@@ -59,7 +58,18 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
                 None => Answer::not_found(),
             }
         }
-        (&Method::POST, ["projects", _, "merge_requests", _, "notes", note, "award_emoji"]) => {
+        (
+            &Method::POST,
+            [
+                "projects",
+                _,
+                "merge_requests",
+                _,
+                "notes",
+                note,
+                "award_emoji",
+            ],
+        ) => {
             let Ok(comment) = note.parse::<u64>() else {
                 return Answer::not_found();
             };
@@ -74,7 +84,10 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
                     json!({"message": "404 Award Emoji Name has already been taken Not Found"}),
                 );
             }
-            state.reactions.push(Reaction { comment, name: name.clone() });
+            state.reactions.push(Reaction {
+                comment,
+                name: name.clone(),
+            });
             Answer::json(201, json!({"id": state.next_id(), "name": name}))
         }
         (&Method::POST, ["projects", _, "statuses", sha]) => status(state, req, sha),

@@ -108,16 +108,28 @@ impl Planner {
             return Ok(());
         }
         let key = comment_key(comment, event.id);
-        let log = (project.name.as_str(), comment.number, comment.author.login.as_str());
+        let log = (
+            project.name.as_str(),
+            comment.number,
+            comment.author.login.as_str(),
+        );
         if self.store.comment_answered(&project.name, &key).await? {
             tracing::info!(project = log.0, mr = log.1, comment = %key,
                 "comment already answered; not acted on again");
             return Ok(());
         }
-        let Some(forge) = self.forge(project).await? else {
-            tracing::warn!(project = log.0, mr = log.1,
-                "comment commands need the project's forge (credentials); comment ignored");
-            return Ok(());
+        let forge = match self.forge(project).await {
+            Ok(Some(forge)) => forge,
+            Err(e @ ForgeError::Unavailable { .. }) => return Err(e.into()),
+            Ok(None) | Err(ForgeError::Rejected { .. } | ForgeError::Setup(_)) => {
+                tracing::warn!(
+                    project = log.0,
+                    mr = log.1,
+                    "comment commands need a working forge client (forge_url, credentials); \
+                     comment ignored"
+                );
+                return Ok(());
+            }
         };
         let access = match forge.access(&comment.author).await {
             Ok(access) => access,
@@ -145,7 +157,10 @@ impl Planner {
             for (index, line) in lines.iter().enumerate() {
                 tracing::info!(project = log.0, mr = log.1, author = log.2, command = %line.text,
                     "comment command");
-                said.push((line.text.clone(), self.execute(&ctx, index, &line.command).await?));
+                said.push((
+                    line.text.clone(),
+                    self.execute(&ctx, index, &line.command).await?,
+                ));
             }
             self.wake_dispatcher();
             said

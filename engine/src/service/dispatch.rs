@@ -448,7 +448,11 @@ impl Dispatcher {
     async fn stop(&self, run: &Run, why: &str) -> bool {
         let project = self.config.project(&run.project);
         let namespace = project.and_then(|p| p.namespace.as_deref());
-        match self.executor.cancel(run.id, namespace, CancelMode::Stop).await {
+        match self
+            .executor
+            .cancel(run.id, namespace, CancelMode::Stop)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(run = %run.id, project = %run.project, "asked the executor to stop the run: {why}");
                 true

@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, ProjectConfig};
+use crate::event::{Event, EventKind as Ev, ForgeKind, MergeRequestAction};
 use crate::forge::clients::Forges;
 use crate::forge::report::{Forge, ForgeError};
-use crate::event::{Event, EventKind as Ev, ForgeKind, MergeRequestAction};
 use crate::pipeline::{self, EventKind as Trigger};
 use crate::profile::Profile;
 use crate::service::matching::{self, Match};

@@ -36,22 +36,33 @@ impl Planner {
         if mr.from_fork {
             return Ok(Some(waiting_message("merge request from a fork")));
         }
-        let Some(forge) = self.forge(project).await? else {
-            return Ok(None);
-        };
         let who = &mr.author.login;
-        match forge.access(&mr.author).await {
+        let access = match self.forge(project).await {
+            Ok(Some(forge)) => forge.access(&mr.author).await,
+            Ok(None) => return Ok(None),
+            Err(e) => Err(e),
+        };
+        match access {
             Ok(access) if access.may_command() => Ok(None),
             Ok(access) => {
                 tracing::info!(project = %project.name, mr = mr.number, author = %who,
                     access = ?access, "merge request author has no write access; runs wait");
-                Ok(Some(waiting_message(&format!("@{who} has no write access"))))
+                let author = if who.is_empty() {
+                    "the author".to_owned()
+                } else {
+                    format!("@{who}")
+                };
+                Ok(Some(waiting_message(&format!(
+                    "{author} has no write access"
+                ))))
             }
             Err(e @ ForgeError::Unavailable { .. }) => Err(e.into()),
             Err(e @ (ForgeError::Rejected { .. } | ForgeError::Setup(_))) => {
                 tracing::warn!(project = %project.name, mr = mr.number, author = %who, error = %e,
                     "cannot check the merge request author's access; runs wait");
-                Ok(Some(waiting_message("the author's access could not be checked")))
+                Ok(Some(waiting_message(
+                    "the author's access could not be checked",
+                )))
             }
         }
     }
@@ -69,7 +80,11 @@ impl Planner {
         };
         let short = head.get(..8).unwrap_or(head);
         let message = format!("superseded by {short}, which needs its own /ferry ok-to-test");
-        for run in self.store.runs_awaiting_approval(&project.name, number).await? {
+        for run in self
+            .store
+            .runs_awaiting_approval(&project.name, number)
+            .await?
+        {
             if run.sha == head {
                 continue;
             }

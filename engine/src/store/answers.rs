@@ -156,10 +156,10 @@ impl Store {
             let rows = sqlx::query(select_answers!(
                 "WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2"
             ))
-                .bind(now_millis())
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
+            .bind(now_millis())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
             rows.iter()
                 .map(answer_from_row)
                 .collect::<Result<Vec<_>, _>>()?
@@ -204,12 +204,14 @@ impl Store {
     /// before: then its outcome is unknown and the forge must be searched first.
     pub async fn begin_answer(&self, id: i64) -> Result<bool, StoreError> {
         let first = write_tx!(self, |tx| {
-            sqlx::query("UPDATE comment_answers SET tried_at = $2 WHERE id = $1 AND tried_at IS NULL")
-                .bind(id)
-                .bind(now_millis())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "UPDATE comment_answers SET tried_at = $2 WHERE id = $1 AND tried_at IS NULL",
+            )
+            .bind(id)
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
         });
         Ok(first == 0)
     }

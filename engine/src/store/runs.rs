@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crate::pipeline::EventKind;
 use crate::problem::Problem;
 
-use super::outbox::{OUTBOX_RUN, insert_outbox};
 use super::control::WaitReason;
+use super::outbox::{OUTBOX_RUN, insert_outbox};
 use super::states::RunState;
 use super::{
     Columns, EventId, RunId, Store, StoreError, UnixMillis, now_millis, parse_word, with_pool,

@@ -15,13 +15,21 @@ async fn waiting_runs_are_released_only_by_an_approval() {
     for db in backends("approvals").await {
         let s = &db.store;
         let (a, new) = s
-            .create_waiting_run(&mr_run(&"a".repeat(40), "mr:7"), WaitReason::Approval, "why")
+            .create_waiting_run(
+                &mr_run(&"a".repeat(40), "mr:7"),
+                WaitReason::Approval,
+                "why",
+            )
             .await
             .expect("create");
         assert!(new);
         // The same event planned again creates nothing new.
         let (again, new) = s
-            .create_waiting_run(&mr_run(&"a".repeat(40), "mr:7"), WaitReason::Approval, "why")
+            .create_waiting_run(
+                &mr_run(&"a".repeat(40), "mr:7"),
+                WaitReason::Approval,
+                "why",
+            )
             .await
             .expect("create again");
         assert_eq!((again, new), (a, false));
@@ -35,7 +43,8 @@ async fn waiting_runs_are_released_only_by_an_approval() {
         let mut failed = mr_run(&"b".repeat(40), "mr:7");
         failed.initial = RunState::Failed;
         assert!(matches!(
-            s.create_waiting_run(&failed, WaitReason::Approval, "x").await,
+            s.create_waiting_run(&failed, WaitReason::Approval, "x")
+                .await,
             Err(StoreError::InvalidInitialState(RunState::Failed))
         ));
         // Queued runs are never taken for approval.
@@ -45,7 +54,12 @@ async fn waiting_runs_are_released_only_by_an_approval() {
             .expect("queued");
         let waiting = s.runs_awaiting_approval("resnet", 7).await.expect("list");
         assert_eq!(waiting.iter().map(|r| r.id).collect::<Vec<_>>(), [a]);
-        assert!(s.runs_awaiting_approval("resnet", 8).await.expect("list").is_empty());
+        assert!(
+            s.runs_awaiting_approval("resnet", 8)
+                .await
+                .expect("list")
+                .is_empty()
+        );
         assert!(!s.approve_run(queued).await.expect("not waiting"));
 
         assert!(s.approve_run(a).await.expect("approve"));
@@ -61,7 +75,12 @@ async fn waiting_runs_are_released_only_by_an_approval() {
             .map(|o| o.payload["state"].clone())
             .collect();
         assert_eq!(states, ["waiting", "queued"]);
-        assert!(s.runs_awaiting_approval("resnet", 7).await.expect("list").is_empty());
+        assert!(
+            s.runs_awaiting_approval("resnet", 7)
+                .await
+                .expect("list")
+                .is_empty()
+        );
         db.finish().await;
     }
 }
@@ -98,7 +117,10 @@ async fn cancels_are_immediate_before_the_executor_and_requested_after() {
             assert_eq!(run.message.as_deref(), Some("by @dev"));
             assert!(run.finished_at.is_some());
             let steps = s.steps(id).await.expect("steps");
-            assert!(steps.iter().all(|st| st.state == StepState::Cancelled), "{steps:?}");
+            assert!(
+                steps.iter().all(|st| st.state == StepState::Cancelled),
+                "{steps:?}"
+            );
             let last = s.outbox_for_run(id).await.expect("outbox");
             assert_eq!(last.last().expect("row").payload["state"], "cancelled");
         }
@@ -155,12 +177,19 @@ async fn a_comment_is_answered_once_and_sent_once() {
             .await
             .expect("the reporter is woken");
         assert!(s.comment_answered("resnet", "7:41").await.expect("read"));
-        assert!(!s.comment_answered("other", "7:41").await.expect("other project"));
+        assert!(
+            !s.comment_answered("other", "7:41")
+                .await
+                .expect("other project")
+        );
         let second = NewAnswer {
             body: "again".into(),
             ..answer.clone()
         };
-        assert!(!s.insert_answer(&second).await.expect("twice"), "one answer per comment");
+        assert!(
+            !s.insert_answer(&second).await.expect("twice"),
+            "one answer per comment"
+        );
         // The same comment key in another project is another comment.
         let other = NewAnswer {
             project: "other".into(),
@@ -181,14 +210,22 @@ async fn a_comment_is_answered_once_and_sent_once() {
             .expect("failed");
         let due = s.pending_answers(10).await.expect("pending");
         assert_eq!(due.len(), 1, "the failed one waits");
-        let stored = s.answer_for("resnet", "7:41").await.expect("read").expect("answer");
+        let stored = s
+            .answer_for("resnet", "7:41")
+            .await
+            .expect("read")
+            .expect("answer");
         assert_eq!((stored.attempts, stored.tried), (1, true));
         assert_eq!(stored.last_error.as_deref(), Some("503"));
         s.mark_answer_sent(id).await.expect("sent");
         s.mark_answer_sent(due[0].id).await.expect("sent");
         assert!(s.pending_answers(10).await.expect("none").is_empty());
         assert_eq!(s.first_answer_due_at().await.expect("due"), None);
-        let sent = s.answer_for("resnet", "7:41").await.expect("read").expect("answer");
+        let sent = s
+            .answer_for("resnet", "7:41")
+            .await
+            .expect("read")
+            .expect("answer");
         assert!(sent.sent_at.is_some());
         db.finish().await;
     }

@@ -60,7 +60,11 @@ fn choose<'a>(loaded: &'a pipeline::Loaded, name: Option<&str>, short: &str) -> 
             problems.join("\n")
         ));
     }
-    let names: Vec<String> = loaded.pipelines.iter().map(|p| code_span(&p.name)).collect();
+    let names: Vec<String> = loaded
+        .pipelines
+        .iter()
+        .map(|p| code_span(&p.name))
+        .collect();
     Chosen::Nothing(format!(
         "there is no pipeline {} at {short} (pipelines: {}).",
         code_span(name),
@@ -168,9 +172,10 @@ impl Planner {
         let own = format!("|comment:{}:", ctx.key);
         let runs = self.mr_runs(ctx, Some(&head)).await?;
         let mut latest: Vec<&Run> = Vec::new();
-        for run in runs.iter().filter(|r| {
-            !r.dedup_key.as_deref().is_some_and(|k| k.contains(&own))
-        }) {
+        for run in runs
+            .iter()
+            .filter(|r| !r.dedup_key.as_deref().is_some_and(|k| k.contains(&own)))
+        {
             if !latest.iter().any(|l| l.pipeline == run.pipeline) {
                 latest.push(run);
             }
@@ -200,9 +205,8 @@ impl Planner {
             }
         }
         if rerun.is_empty() {
-            let mut text = format!(
-                "nothing to rerun at {short}: no pipeline's last run there failed."
-            );
+            let mut text =
+                format!("nothing to rerun at {short}: no pipeline's last run there failed.");
             if !notes.is_empty() {
                 text = format!("nothing to rerun at {short}: {}.", notes.join("; "));
             } else if !all {
@@ -255,7 +259,9 @@ impl Planner {
             .filter(|r| !r.state.is_terminal() && name.is_none_or(|n| r.pipeline == n))
             .collect();
         if active.is_empty() {
-            let of = name.map(|n| format!(" of {}", code_span(n))).unwrap_or_default();
+            let of = name
+                .map(|n| format!(" of {}", code_span(n)))
+                .unwrap_or_default();
             return Ok(Said::Told(format!(
                 "nothing to cancel: this merge request has no queued or running run{of}."
             )));
@@ -278,7 +284,9 @@ impl Planner {
             parts.push(format!("stopping {}", ids(&stopping)));
         }
         if parts.is_empty() {
-            return Ok(Said::Told("nothing to cancel: the runs just finished.".to_owned()));
+            return Ok(Said::Told(
+                "nothing to cancel: the runs just finished.".to_owned(),
+            ));
         }
         Ok(Said::Done(format!("{}.", parts.join("; "))))
     }
@@ -318,7 +326,11 @@ impl Planner {
             mr: Some(ctx.mr),
             ..RunFilter::default()
         };
-        Ok(self.store.list_runs(&filter, Page::first(MR_RUNS)).await?.runs)
+        Ok(self
+            .store
+            .list_runs(&filter, Page::first(MR_RUNS))
+            .await?
+            .runs)
     }
 
     /// The pipeline files at the head (fetching the merge request's head ref when the commit is

@@ -65,7 +65,10 @@ fn quoted_values_keep_their_spaces() {
         one(r"/ferry run train path='C:\dir'"),
         run(Some("train"), &[("path", r"C:\dir")])
     );
-    assert_eq!(one(r#"/ferry run train e="""#), run(Some("train"), &[("e", "")]));
+    assert_eq!(
+        one(r#"/ferry run train e="""#),
+        run(Some("train"), &[("e", "")])
+    );
 }
 
 #[test]

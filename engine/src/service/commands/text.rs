@@ -146,6 +146,9 @@ mod tests {
             reply("7:9", "a b](http://x)", "body"),
             "<!-- ferry:reply:7:9 -->\n\nbody\n"
         );
-        assert_eq!(reply("7:9", "", "body"), "<!-- ferry:reply:7:9 -->\n\nbody\n");
+        assert_eq!(
+            reply("7:9", "", "body"),
+            "<!-- ferry:reply:7:9 -->\n\nbody\n"
+        );
     }
 }

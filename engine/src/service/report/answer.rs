@@ -57,10 +57,16 @@ impl Reporter {
             AnswerKind::Reaction => {
                 let reaction = Reaction::parse(&answer.body);
                 let (Some(comment), Some(reaction)) = (answer.comment_id, reaction) else {
-                    tracing::warn!(answer = stored.id, "a reaction without a comment id or a known emoji; dropped");
+                    tracing::warn!(
+                        answer = stored.id,
+                        "a reaction without a comment id or a known emoji; dropped"
+                    );
                     return Ok(());
                 };
-                tolerate("a reaction", forge.react(answer.mr, comment, reaction).await)?;
+                tolerate(
+                    "a reaction",
+                    forge.react(answer.mr, comment, reaction).await,
+                )?;
             }
             AnswerKind::Reply => {
                 let tried_before = self.store.begin_answer(stored.id).await?;
@@ -78,7 +84,11 @@ impl Reporter {
         Ok(())
     }
 
-    async fn defer_answer(&self, stored: &StoredAnswer, error: &ForgeError) -> Result<(), StoreError> {
+    async fn defer_answer(
+        &self,
+        stored: &StoredAnswer,
+        error: &ForgeError,
+    ) -> Result<(), StoreError> {
         let wait = self.retry_wait(stored.attempts, error);
         let retry_at = now_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
         tracing::warn!(answer = stored.id, attempts = stored.attempts + 1,
