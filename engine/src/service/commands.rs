@@ -34,6 +34,8 @@ mod text;
 pub use parse::{Command, CommandLine, MAX_COMMANDS, parse};
 pub use text::{help, reply_marker};
 
+use std::sync::Arc;
+
 use crate::config::ProjectConfig;
 use crate::event::CommentEvent;
 use crate::forge::report::{Access, Forge, ForgeError, MergeRequestHead, Reaction};
@@ -104,43 +106,19 @@ impl Planner {
         comment: &CommentEvent,
     ) -> Result<(), PlanError> {
         let lines = parse(&comment.body);
+        let Ok(mr) = i64::try_from(comment.number) else {
+            return Ok(());
+        };
         if lines.is_empty() {
             return Ok(());
         }
         let key = comment_key(comment, event.id);
-        let log = (
-            project.name.as_str(),
-            comment.number,
-            comment.author.login.as_str(),
-        );
         if self.store.comment_answered(&project.name, &key).await? {
-            tracing::info!(project = log.0, mr = log.1, comment = %key,
+            tracing::info!(project = %project.name, mr, comment = %key,
                 "comment already answered; not acted on again");
             return Ok(());
         }
-        let forge = match self.forge(project).await {
-            Ok(Some(forge)) => forge,
-            Err(e @ ForgeError::Unavailable { .. }) => return Err(e.into()),
-            Ok(None) | Err(ForgeError::Rejected { .. } | ForgeError::Setup(_)) => {
-                tracing::warn!(
-                    project = log.0,
-                    mr = log.1,
-                    "comment commands need a working forge client (forge_url, credentials); \
-                     comment ignored"
-                );
-                return Ok(());
-            }
-        };
-        let access = match forge.access(&comment.author).await {
-            Ok(access) => access,
-            Err(e @ ForgeError::Unavailable { .. }) => return Err(e.into()),
-            Err(e @ (ForgeError::Rejected { .. } | ForgeError::Setup(_))) => {
-                tracing::warn!(project = log.0, mr = log.1, author = log.2, error = %e,
-                    "cannot check the commenter's access; refused");
-                Access::None
-            }
-        };
-        let Ok(mr) = i64::try_from(comment.number) else {
+        let Some((forge, access)) = self.commenter(project, comment).await? else {
             return Ok(());
         };
         let mut ctx = Ctx {
@@ -153,27 +131,61 @@ impl Planner {
         };
         let said = if access.may_command() {
             ctx.head = head_if_needed(forge.as_ref(), comment, &lines).await?;
-            let mut said = Vec::with_capacity(lines.len());
-            for (index, line) in lines.iter().enumerate() {
-                tracing::info!(project = log.0, mr = log.1, author = log.2, command = %line.text,
-                    "comment command");
-                said.push((
-                    line.text.clone(),
-                    self.execute(&ctx, index, &line.command).await?,
-                ));
-            }
-            self.wake_dispatcher();
-            said
+            self.act(&ctx, &lines).await?
         } else {
-            tracing::info!(project = log.0, mr = log.1, author = log.2, access = ?access,
-                "comment commands refused: no write access");
+            tracing::info!(project = %project.name, mr, author = %comment.author.login,
+                access = ?access, "comment commands refused: no write access");
             Vec::new()
         };
-        let answer = compose(&ctx, &said);
-        if !self.store.insert_answer(&answer).await? {
-            tracing::debug!(project = log.0, comment = %ctx.key, "answer already stored");
-        }
+        self.store.insert_answer(&compose(&ctx, &said)).await?;
         Ok(())
+    }
+
+    /// The project's forge client and what the commenter may do; `None` when there is no working
+    /// client (the comment is ignored: nobody can be checked, nothing can be answered).
+    async fn commenter(
+        &self,
+        project: &ProjectConfig,
+        comment: &CommentEvent,
+    ) -> Result<Option<(Arc<dyn Forge>, Access)>, PlanError> {
+        let forge = match self.forge(project).await {
+            Ok(Some(forge)) => forge,
+            Err(e @ ForgeError::Unavailable { .. }) => return Err(e.into()),
+            Ok(None) | Err(ForgeError::Rejected { .. } | ForgeError::Setup(_)) => {
+                tracing::warn!(project = %project.name, mr = comment.number,
+                    "comment commands need a working forge client (forge_url, credentials); \
+                     comment ignored");
+                return Ok(None);
+            }
+        };
+        let access = match forge.access(&comment.author).await {
+            Ok(access) => access,
+            Err(e @ ForgeError::Unavailable { .. }) => return Err(e.into()),
+            Err(e @ (ForgeError::Rejected { .. } | ForgeError::Setup(_))) => {
+                tracing::warn!(project = %project.name, mr = comment.number,
+                    author = %comment.author.login, error = %e,
+                    "cannot check the commenter's access; refused");
+                Access::None
+            }
+        };
+        Ok(Some((forge, access)))
+    }
+
+    /// Runs each command in order; what came of each, with its line.
+    async fn act(
+        &self,
+        ctx: &Ctx<'_>,
+        lines: &[CommandLine],
+    ) -> Result<Vec<(String, Said)>, PlanError> {
+        let mut said = Vec::with_capacity(lines.len());
+        for (index, line) in lines.iter().enumerate() {
+            tracing::info!(project = %ctx.project.name, mr = ctx.mr,
+                author = %ctx.comment.author.login, command = %line.text, "comment command");
+            let outcome = self.execute(ctx, index, &line.command).await?;
+            said.push((line.text.clone(), outcome));
+        }
+        self.wake_dispatcher();
+        Ok(said)
     }
 
     async fn execute(

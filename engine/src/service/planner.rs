@@ -260,46 +260,48 @@ impl Planner {
             return Ok(0);
         }
         let loaded = pipeline::load_files(&read.files, Some(&self.profile));
-        let mut created = 0;
-        // Asked once, and only when a merge request triggers something.
-        let mut approval: Option<Option<String>> = None;
-        for p in &loaded.pipelines {
-            if let Match::Run { trigger } = matching::matches(p, event, &read.changes) {
-                let yaml = text_of(&read.files, &p.file);
-                let mut run = target.new_run(
-                    project,
-                    event_id,
-                    trigger,
-                    &p.name,
-                    &p.file,
-                    yaml,
-                    Vec::new(),
-                    p.steps.iter().map(|s| s.name.clone()).collect(),
-                );
-                run.params = p
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                    .collect();
-                let waits = match (&event.kind, approval.clone()) {
-                    (Ev::MergeRequest(_), Some(known)) => known,
-                    (Ev::MergeRequest(mr), None) => {
-                        let needed = self.approval_needed(project, mr).await?;
-                        approval = Some(needed.clone());
-                        needed
-                    }
-                    (_, _) => None,
-                };
-                let new = match waits {
-                    Some(why) => {
-                        self.store
-                            .create_waiting_run(&run, WaitReason::Approval, &why)
-                            .await?
-                    }
-                    None => self.store.create_run(&run).await?,
-                };
-                created += usize::from(new.1);
+        let matched: Vec<(&pipeline::Pipeline, Trigger)> = loaded
+            .pipelines
+            .iter()
+            .filter_map(|p| match matching::matches(p, event, &read.changes) {
+                Match::Run { trigger } => Some((p, trigger)),
+                Match::Skip { .. } => None,
+            })
+            .collect();
+        // The forge is asked only when a merge request triggers something.
+        let waits = match &event.kind {
+            Ev::MergeRequest(mr) if !matched.is_empty() => {
+                self.approval_needed(project, mr).await?
             }
+            _ => None,
+        };
+        let mut created = 0;
+        for (p, trigger) in matched {
+            let yaml = text_of(&read.files, &p.file);
+            let mut run = target.new_run(
+                project,
+                event_id,
+                trigger,
+                &p.name,
+                &p.file,
+                yaml,
+                Vec::new(),
+                p.steps.iter().map(|s| s.name.clone()).collect(),
+            );
+            run.params = p
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let (_, new) = match &waits {
+                Some(why) => {
+                    self.store
+                        .create_waiting_run(&run, WaitReason::Approval, why)
+                        .await?
+                }
+                None => self.store.create_run(&run).await?,
+            };
+            created += usize::from(new);
         }
         created += self
             .failed_runs(project, event_id, target, &read.files, &loaded.problems)
