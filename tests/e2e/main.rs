@@ -20,6 +20,8 @@
 //! - `api`: the HTTP API (every route, errors, tokens and their scopes, `dashboard_public`, the
 //!   OpenAPI document against the router) and the CLI client against a whole server, with a run
 //!   executed by the local executor.
+//! - `commands`: `/ferry` comment commands and `/ferry ok-to-test` on a fake GitLab / GitHub:
+//!   who may, what runs, cancels through the local executor, one answer per comment.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
 //!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
 //! - `helm`: the Helm chart renders a `ferry.yaml` and profile that ferry's own parsers accept
@@ -29,6 +31,7 @@ mod api;
 mod argo_executor;
 mod argo_schema;
 mod cli;
+mod commands;
 mod dashboard;
 mod distributed;
 mod executing;

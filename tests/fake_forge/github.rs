@@ -1,12 +1,14 @@
 //! The GitHub half of the fake: commit statuses, issue comments (list in pages, create, edit),
-//! check runs (create, update, list per commit and name) and what a GitHub App needs (the
-//! repository's installation, installation tokens).
+//! check runs (create, update, list per commit and name), what a GitHub App needs (the
+//! repository's installation, installation tokens), and for comment commands collaborator
+//! permissions, pull requests and reactions on comments.
 
 use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::{
-    Answer, CheckRun, ForgeState, GITHUB_TOKEN, INSTALLATION_TOKEN, Note, Request, query_param,
+    Answer, CheckRun, ForgeState, GITHUB_TOKEN, INSTALLATION_TOKEN, Note, Reaction, Request,
+    query_param,
 };
 
 pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
@@ -89,6 +91,52 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
                 }
                 None => Answer::not_found(),
             }
+        }
+        (&Method::GET, ["repos", _, _, "collaborators", login, "permission"]) => {
+            let login = super::decode(login);
+            match state.users.iter().find(|u| u.login == login) {
+                Some(u) => {
+                    let (permission, role) = u.role.map_or(("none", "none"), |r| r.github_words());
+                    Answer::json(
+                        200,
+                        json!({"permission": permission, "role_name": role,
+                               "user": {"login": u.login}}),
+                    )
+                }
+                None => Answer::json(404, json!({"message": "Not Found"})),
+            }
+        }
+        (&Method::GET, ["repos", _, _, "pulls", number]) => {
+            let found = number
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| state.merge_requests.get(&n).map(|m| (n, m)));
+            match found {
+                Some((n, m)) => Answer::json(
+                    200,
+                    json!({"number": n, "head": {"sha": m.sha, "ref": m.source_branch},
+                           "base": {"ref": m.target_branch}}),
+                ),
+                None => Answer::not_found(),
+            }
+        }
+        (&Method::POST, ["repos", _, _, "issues", "comments", id, "reactions"]) => {
+            let Ok(comment) = id.parse::<u64>() else {
+                return Answer::not_found();
+            };
+            let name = req.field("content");
+            let taken = state
+                .reactions
+                .iter()
+                .any(|r| r.comment == comment && r.name == name);
+            if !taken {
+                state.reactions.push(Reaction {
+                    comment,
+                    name: name.clone(),
+                });
+            }
+            let status = if taken { 200 } else { 201 };
+            Answer::json(status, json!({"id": comment, "content": name}))
         }
         (&Method::POST, ["repos", _, _, "check-runs"]) => {
             let id = state.next_id();

@@ -1,10 +1,11 @@
 //! The GitLab half of the fake: `/api/v4/user`, commit statuses with GitLab's transition rule,
-//! and MR notes (list newest first with pages, create, edit).
+//! MR notes (list newest first with pages, create, edit), and for comment commands users by
+//! name, member access levels, merge requests and award emoji on notes.
 
 use axum::http::Method;
 use serde_json::json;
 
-use super::{Answer, ForgeState, GITLAB_TOKEN, GitlabStatus, Note, Request, query_param};
+use super::{Answer, ForgeState, GITLAB_TOKEN, GitlabStatus, Note, Reaction, Request, query_param};
 
 pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
     let token = req
@@ -18,6 +19,77 @@ pub(crate) fn handle(state: &mut ForgeState, req: &Request<'_>) -> Answer {
     let seg = req.segments("/api/v4/");
     match (req.method, seg.as_slice()) {
         (&Method::GET, ["user"]) => Answer::json(200, json!({"id": 1, "username": "ferry-bot"})),
+        (&Method::GET, ["users"]) => {
+            let login = query_param(req.query, "username").unwrap_or_default();
+            let found: Vec<_> = state
+                .users
+                .iter()
+                .filter(|u| u.login == login)
+                .map(|u| json!({"id": u.id, "username": u.login}))
+                .collect();
+            Answer::json(200, json!(found))
+        }
+        (&Method::GET, ["projects", _, "members", "all", id]) => {
+            let member = state
+                .users
+                .iter()
+                .find(|u| id.parse::<u64>().is_ok_and(|id| u.id == id))
+                .and_then(|u| u.role.map(|role| (u, role)));
+            match member {
+                Some((u, role)) => Answer::json(
+                    200,
+                    json!({"id": u.id, "username": u.login, "state": "active",
+                           "access_level": role.gitlab_level()}),
+                ),
+                None => Answer::json(404, json!({"message": "404 Not found"})),
+            }
+        }
+        (&Method::GET, ["projects", _, "merge_requests", mr]) => {
+            let found = mr
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| state.merge_requests.get(&n).map(|m| (n, m)));
+            match found {
+                Some((n, m)) => Answer::json(
+                    200,
+                    json!({"iid": n, "sha": m.sha, "source_branch": m.source_branch,
+                           "target_branch": m.target_branch}),
+                ),
+                None => Answer::not_found(),
+            }
+        }
+        (
+            &Method::POST,
+            [
+                "projects",
+                _,
+                "merge_requests",
+                _,
+                "notes",
+                note,
+                "award_emoji",
+            ],
+        ) => {
+            let Ok(comment) = note.parse::<u64>() else {
+                return Answer::not_found();
+            };
+            let name = req.field("name");
+            let taken = state
+                .reactions
+                .iter()
+                .any(|r| r.comment == comment && r.name == name);
+            if taken {
+                return Answer::json(
+                    404,
+                    json!({"message": "404 Award Emoji Name has already been taken Not Found"}),
+                );
+            }
+            state.reactions.push(Reaction {
+                comment,
+                name: name.clone(),
+            });
+            Answer::json(201, json!({"id": state.next_id(), "name": name}))
+        }
         (&Method::POST, ["projects", _, "statuses", sha]) => status(state, req, sha),
         (&Method::GET, ["projects", _, "merge_requests", mr, "notes"]) => {
             let Ok(mr) = mr.parse::<u64>() else {

@@ -6,7 +6,10 @@
 //! `pending`/`running` for the same sha, name and ref is updated; repeating its state answers
 //! `400 Cannot transition status via :run from :running`; a finished one is replaced by a new
 //! one), MR notes, GitHub statuses, issue comments and check runs, plus the `x-ratelimit-*`
-//! headers on every GitHub answer. Scripted failures: the next N calls answer `5xx` or `429`
+//! headers on every GitHub answer. For comment commands: people with a role each
+//! ([`FakeForge::set_user`]: GitLab member access levels, GitHub collaborator permissions),
+//! merge request heads ([`FakeForge::set_merge_request`]) and reactions on comments (GitLab
+//! answers a repeated award `404 ... has already been taken`, GitHub `200` with the existing one). Scripted failures: the next N calls answer `5xx` or `429`
 //! with `Retry-After` without doing anything ([`FakeForge::fail_next`]), or do their work and
 //! then answer `502` as if the answer was lost ([`FakeForge::lose_answer_to`]).
 
@@ -111,6 +114,76 @@ pub struct CheckRun {
     pub summary: String,
 }
 
+/// A person's role in the repository; each forge answers with its own words for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// GitLab guest (10); GitHub read.
+    Guest,
+    /// GitLab reporter (20); GitHub triage.
+    Reporter,
+    /// GitLab developer (30); GitHub write.
+    Developer,
+    /// GitLab maintainer (40); GitHub maintain.
+    Maintainer,
+    /// GitLab owner (50); GitHub admin.
+    Owner,
+}
+
+impl Role {
+    /// GitLab's access level.
+    pub fn gitlab_level(self) -> u64 {
+        match self {
+            Role::Guest => 10,
+            Role::Reporter => 20,
+            Role::Developer => 30,
+            Role::Maintainer => 40,
+            Role::Owner => 50,
+        }
+    }
+
+    /// GitHub's `permission` and `role_name`.
+    pub fn github_words(self) -> (&'static str, &'static str) {
+        match self {
+            Role::Guest => ("read", "read"),
+            Role::Reporter => ("read", "triage"),
+            Role::Developer => ("write", "write"),
+            Role::Maintainer => ("write", "maintain"),
+            Role::Owner => ("admin", "admin"),
+        }
+    }
+}
+
+/// A person the fake knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// GitLab user id.
+    pub id: u64,
+    /// Login.
+    pub login: String,
+    /// Role in the repository; `None`: not a member.
+    pub role: Option<Role>,
+}
+
+/// A merge request's head as the fake has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRequest {
+    /// Head commit.
+    pub sha: String,
+    /// Source branch.
+    pub source_branch: String,
+    /// Target branch.
+    pub target_branch: String,
+}
+
+/// A reaction (GitHub) or award emoji (GitLab) on a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// The comment's id.
+    pub comment: u64,
+    /// GitHub's content (`+1`) or GitLab's name (`thumbsup`).
+    pub name: String,
+}
+
 /// A scripted answer for the next call (that matches).
 #[derive(Debug, Clone)]
 struct Failure {
@@ -137,6 +210,12 @@ pub struct ForgeState {
     pub check_runs: Vec<CheckRun>,
     /// The `x-ratelimit-remaining` GitHub answers carry.
     pub github_remaining: u64,
+    /// People and their roles (permissions).
+    pub users: Vec<User>,
+    /// Merge requests / pull requests by number.
+    pub merge_requests: BTreeMap<u64, MergeRequest>,
+    /// Reactions on comments, in order.
+    pub reactions: Vec<Reaction>,
     next_id: u64,
     failures: VecDeque<Failure>,
     started: Option<std::time::Instant>,
@@ -282,6 +361,36 @@ impl FakeForge {
             process: true,
             only: Some((method.to_owned(), path.to_owned())),
         });
+    }
+
+    /// Makes `login` (GitLab user `id`) a member with `role`, or not a member with `None`.
+    pub fn set_user(&self, id: u64, login: &str, role: Option<Role>) {
+        let mut s = self.state.lock().expect("fake forge state");
+        s.users.retain(|u| u.id != id && u.login != login);
+        s.users.push(User {
+            id,
+            login: login.to_owned(),
+            role,
+        });
+    }
+
+    /// Sets merge request `number`'s head.
+    pub fn set_merge_request(&self, number: u64, sha: &str, source: &str, target: &str) {
+        let mr = MergeRequest {
+            sha: sha.to_owned(),
+            source_branch: source.to_owned(),
+            target_branch: target.to_owned(),
+        };
+        self.state
+            .lock()
+            .expect("fake forge state")
+            .merge_requests
+            .insert(number, mr);
+    }
+
+    /// Every reaction so far.
+    pub fn reactions(&self) -> Vec<Reaction> {
+        self.with(|s| s.reactions.clone())
     }
 
     /// Sets the `x-ratelimit-remaining` of GitHub answers.

@@ -17,6 +17,8 @@
 //! module sees them. Header names are matched case-insensitively through [`HeaderSource`], so the
 //! engine needs no HTTP crate.
 
+pub mod clients;
+pub mod commands;
 pub mod github;
 pub mod gitlab;
 pub mod report;

@@ -2,7 +2,8 @@
 //!
 //! The reporter (`service::report`) decides *what* to say and remembers what it said; a [`Forge`]
 //! only knows *how* to say it on one forge: set a commit status, find / create / edit a note on a
-//! merge request, and (GitHub App) find / create / update a check run. GitLab is
+//! merge request, and (GitHub App) find / create / update a check run; for comment commands, it
+//! also tells what a person may do ([`Access`]), a merge request's head, and reacts to comments. GitLab is
 //! `gitlab::client::GitlabForge` (the `gitlab` crate), GitHub `github::client::GithubForge`
 //! (`octocrab`); [`connect`] builds the right one for a project from its configuration.
 //!
@@ -16,7 +17,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use super::commands::{Access, MergeRequestHead, Reaction};
 use crate::config::{ProjectConfig, ProjectForge, canonical_repo_url};
+use crate::event::Actor;
 pub use crate::executor::BoxFuture;
 use crate::service::mirror::SecretString;
 
@@ -176,6 +179,25 @@ pub trait Forge: Send + Sync + 'static {
         mr: u64,
         id: i64,
         body: &'a str,
+    ) -> BoxFuture<'a, Result<(), ForgeError>>;
+
+    /// What `user` may do in the repository. Someone the forge does not know as a member or
+    /// collaborator has [`Access::None`] (not an error).
+    fn access<'a>(&'a self, user: &'a Actor) -> BoxFuture<'a, Result<Access, ForgeError>>;
+
+    /// The current head of MR/PR `mr`.
+    fn merge_request_head<'a>(
+        &'a self,
+        mr: u64,
+    ) -> BoxFuture<'a, Result<MergeRequestHead, ForgeError>>;
+
+    /// Puts `reaction` on comment `comment` of MR/PR `mr` (GitLab award emoji, GitHub
+    /// reaction). Reacting twice the same way is not an error.
+    fn react<'a>(
+        &'a self,
+        mr: u64,
+        comment: u64,
+        reaction: Reaction,
     ) -> BoxFuture<'a, Result<(), ForgeError>>;
 
     /// Whether a pipeline's own state goes to a check run (GitHub App) instead of a commit

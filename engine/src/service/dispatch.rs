@@ -12,11 +12,15 @@
 //!   executor skipped past them), every change a compare-and-set with its outbox row. A repeated
 //!   or stale observation changes nothing.
 //!
+//! Between passes the submitter also passes cancel requests to the executor
+//! ([`Dispatcher::forward_cancels`]); an observation of a run the store already finished (it was
+//! cancelled while being submitted) makes the dispatcher stop it.
+//!
 //! On start, [`Dispatcher::reconcile`] hands the executor every run the store has as submitted or
 //! running: the executor adopts what it still has, and runs it lost are failed (and queued again
 //! as a new run when the executor says the pipeline allows it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +28,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{Config, ProjectConfig};
-use crate::executor::{Executor, Job, Observation, Phase, Source, StepObservation, SubmitError};
+use crate::executor::{
+    CancelMode, Executor, Job, Observation, Phase, Source, StepObservation, SubmitError,
+};
 use crate::pipeline::{self, Pipeline};
 use crate::profile::Profile;
 use crate::render::{RunContext, decide_skips};
@@ -61,6 +67,8 @@ pub struct Dispatcher {
     applied: Mutex<HashMap<RunId, Observation>>,
     /// Submissions and their latency.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Runs whose cancel request this process passed to the executor.
+    cancelling: Mutex<HashSet<RunId>>,
 }
 
 impl Dispatcher {
@@ -81,6 +89,7 @@ impl Dispatcher {
             backoff: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
+            cancelling: Mutex::new(HashSet::new()),
         }
     }
 
@@ -133,6 +142,9 @@ impl Dispatcher {
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if let Err(e) = self.forward_cancels().await {
+                tracing::error!(error = %e, "passing cancel requests to the executor failed");
             }
             let sleep = match self.submit_queued().await {
                 Ok(_) => self.until_next_retry(),
@@ -369,6 +381,10 @@ impl Dispatcher {
             return Ok(());
         };
         if run.state.is_terminal() {
+            if !obs.phase.is_final() {
+                // Cancelled in the store while it was being submitted: it must not go on.
+                self.stop(&run, "it is over in the store").await;
+            }
             self.forget(obs.run_id);
             return Ok(());
         }
@@ -421,7 +437,58 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Passes cancel requests ([`Store::request_cancel`] of a started run) to the executor, once
+    /// per run in this process (again after a restart: cancelling is idempotent). The executor's
+    /// observation then moves the run to `cancelled`. Returns how many were passed.
+    pub async fn forward_cancels(&self) -> Result<usize, DispatchError> {
+        let mut asked = 0;
+        for run in self.store.cancel_requested_runs().await? {
+            let first = self
+                .cancelling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run.id);
+            if !first {
+                continue;
+            }
+            if self.stop(&run, "its cancel was requested").await {
+                asked += 1;
+            } else {
+                // Asked again at the next pass.
+                self.cancelling
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&run.id);
+            }
+        }
+        Ok(asked)
+    }
+
+    /// Asks the executor to stop `run`; whether it took the request.
+    async fn stop(&self, run: &Run, why: &str) -> bool {
+        let project = self.config.project(&run.project);
+        let namespace = project.and_then(|p| p.namespace.as_deref());
+        match self
+            .executor
+            .cancel(run.id, namespace, CancelMode::Stop)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(run = %run.id, project = %run.project, "asked the executor to stop the run: {why}");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(run = %run.id, error = %e, "the executor did not take a cancel; asking again later");
+                false
+            }
+        }
+    }
+
     fn forget(&self, run: RunId) {
+        self.cancelling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
         self.applied
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -2,6 +2,7 @@
 //! run summary in `summary`); manual runs (`manual`) and what people ask for by hand through the
 //! API (`operations`: a run in full, reruns, cancelling).
 
+pub mod commands;
 pub mod dispatch;
 pub mod intake;
 pub mod manual;
@@ -11,3 +12,4 @@ pub mod operations;
 pub mod planner;
 pub mod report;
 pub mod summary;
+mod trust;

@@ -7,6 +7,10 @@
 //! nothing new. A failed fetch is retried with back-off and reported in the log; the project's
 //! later events wait behind it, so order is kept. An invalid pipeline file becomes a failed run
 //! carrying its problems.
+//!
+//! Runs of a merge request from a fork, or by an author without write access, are created
+//! `waiting` for `/ferry ok-to-test` (`trust`); comments carrying `/ferry` commands are acted on
+//! and answered through the store (`commands`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,11 +20,15 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, ProjectConfig};
 use crate::event::{Event, EventKind as Ev, ForgeKind, MergeRequestAction};
+use crate::forge::clients::Forges;
+use crate::forge::report::{Forge, ForgeError};
 use crate::pipeline::{self, EventKind as Trigger};
 use crate::profile::Profile;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
-use crate::store::{EventId, NewRun, RunState, Store, StoreError, StoredEvent, now_millis};
+use crate::store::{
+    EventId, NewRun, RunState, Store, StoreError, StoredEvent, WaitReason, now_millis,
+};
 
 /// How long a woken planner waits for more deliveries before its pass.
 const WAKE_COALESCE: Duration = Duration::from_millis(2);
@@ -39,6 +47,9 @@ pub enum PlanError {
     /// The event names a project the config no longer has.
     #[error("project `{0}` is not configured")]
     UnknownProject(String),
+    /// The forge could not be asked (who may run commands, a merge request's head) (retried).
+    #[error("forge: {0}")]
+    Forge(#[from] ForgeError),
 }
 
 /// The planning worker.
@@ -52,6 +63,9 @@ pub struct Planner {
     pub(super) runs_created: Option<Arc<Notify>>,
     /// Where planning failures are counted.
     pub(super) metrics: Arc<crate::metrics::Metrics>,
+    /// The forge clients, for comment commands and trust; `None`: no forge is asked (only the
+    /// fork rule applies, and comments are not answered).
+    pub(super) forges: Option<Arc<Forges>>,
 }
 
 impl Planner {
@@ -70,6 +84,7 @@ impl Planner {
             credentials: Arc::new(|_| Credentials::None),
             runs_created: None,
             metrics: Arc::default(),
+            forges: None,
         }
     }
 
@@ -92,6 +107,33 @@ impl Planner {
     pub fn with_runs_created(mut self, wake: Arc<Notify>) -> Planner {
         self.runs_created = Some(wake);
         self
+    }
+
+    /// Asks the forge through `forges` (shared with the reporter, [`crate::service::report::
+    /// Reporter::forges`]) who may use comment commands and whether a merge request's author
+    /// has write access; without it comments are not acted on and only the fork rule decides
+    /// which merge requests wait for `/ferry ok-to-test`.
+    pub fn with_forges(mut self, forges: Arc<Forges>) -> Planner {
+        self.forges = Some(forges);
+        self
+    }
+
+    /// The forge client of `project`, when there is one.
+    pub(super) async fn forge(
+        &self,
+        project: &ProjectConfig,
+    ) -> Result<Option<Arc<dyn Forge>>, ForgeError> {
+        match &self.forges {
+            Some(forges) => forges.get(project).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Wakes the dispatcher (runs were queued, or cancels requested).
+    pub(super) fn wake_dispatcher(&self) {
+        if let Some(wake) = &self.runs_created {
+            wake.notify_one();
+        }
     }
 
     /// Plans until `stop` says so: on start (events left from before a restart), whenever `wake`
@@ -165,6 +207,7 @@ impl Planner {
             PlanError::Store(_) => "store",
             PlanError::Git(_) => "git",
             PlanError::UnknownProject(_) => "config",
+            PlanError::Forge(_) => "forge",
         };
         self.metrics.inc(
             "ferry_planning_failures_total",
@@ -183,15 +226,16 @@ impl Planner {
             .config
             .project(&stored.project)
             .ok_or_else(|| PlanError::UnknownProject(stored.project.clone()))?;
+        if let Ev::Comment(comment) = &stored.event.kind {
+            self.plan_comment(project, stored, comment).await?;
+        }
         if let Some(target) = Target::of(&stored.event) {
             let created = self
                 .plan_target(project, stored.id, &stored.event, &target)
                 .await?;
             tracing::info!(event.id = stored.id.0, project = %project.name, sha = %target.sha, runs = created, "event planned");
-            if created > 0
-                && let Some(wake) = &self.runs_created
-            {
-                wake.notify_one();
+            if created > 0 {
+                self.wake_dispatcher();
             }
         }
         self.store.mark_event_planned(stored.id).await?;
@@ -236,31 +280,55 @@ impl Planner {
             return Ok(0);
         }
         let loaded = pipeline::load_files(&read.files, Some(&self.profile));
-        let mut created = 0;
-        for p in &loaded.pipelines {
-            if let Match::Run { trigger } = matching::matches(p, event, &read.changes) {
-                let yaml = text_of(&read.files, &p.file);
-                let mut run = target.new_run(
-                    project,
-                    event_id,
-                    trigger,
-                    &p.name,
-                    &p.file,
-                    yaml,
-                    Vec::new(),
-                    p.steps.iter().map(|s| s.name.clone()).collect(),
-                );
-                run.params = p
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                    .collect();
-                created += usize::from(self.store.create_run(&run).await?.1);
+        let matched: Vec<(&pipeline::Pipeline, Trigger)> = loaded
+            .pipelines
+            .iter()
+            .filter_map(|p| match matching::matches(p, event, &read.changes) {
+                Match::Run { trigger } => Some((p, trigger)),
+                Match::Skip { .. } => None,
+            })
+            .collect();
+        // The forge is asked only when a merge request triggers something.
+        let waits = match &event.kind {
+            Ev::MergeRequest(mr) if !matched.is_empty() => {
+                self.approval_needed(project, mr).await?
             }
+            _ => None,
+        };
+        let mut created = 0;
+        for (p, trigger) in matched {
+            let yaml = text_of(&read.files, &p.file);
+            let mut run = target.new_run(
+                project,
+                event_id,
+                trigger,
+                &p.name,
+                &p.file,
+                yaml,
+                Vec::new(),
+                p.steps.iter().map(|s| s.name.clone()).collect(),
+            );
+            run.params = p
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let (_, new) = match &waits {
+                Some(why) => {
+                    self.store
+                        .create_waiting_run(&run, WaitReason::Approval, why)
+                        .await?
+                }
+                None => self.store.create_run(&run).await?,
+            };
+            created += usize::from(new);
         }
         created += self
             .failed_runs(project, event_id, target, &read.files, &loaded.problems)
             .await?;
+        if let Some(mr) = target.mr {
+            self.supersede_unapproved(project, mr, &target.sha).await?;
+        }
         Ok(created)
     }
 
@@ -311,7 +379,8 @@ struct Read {
     changes: Changes,
 }
 
-fn text_of(files: &[(String, Vec<u8>)], file: &str) -> String {
+/// The text of `file` among `files` (empty when missing).
+pub(super) fn text_of(files: &[(String, Vec<u8>)], file: &str) -> String {
     files
         .iter()
         .find(|(f, _)| f == file)
@@ -329,7 +398,7 @@ fn default_branch_of(event: &Event) -> Option<String> {
 }
 
 /// Branches, tags, and the merge request's head when there is one (forks push there only).
-fn refspecs(forge: ForgeKind, mr: Option<u64>) -> Vec<String> {
+pub(super) fn refspecs(forge: ForgeKind, mr: Option<u64>) -> Vec<String> {
     let mut specs = vec![
         "+refs/heads/*:refs/heads/*".to_owned(),
         "+refs/tags/*:refs/tags/*".to_owned(),

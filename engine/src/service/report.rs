@@ -26,19 +26,24 @@
 //! no longer configured) are marked sent without any call. Unsent rows survive restarts: a new
 //! reporter on the same store sends them.
 //!
+//! Answers to comment commands (`store::answers`) go out in the same pass, after the runs: a
+//! reaction, or a reply created once (see `answer`).
+//!
 //! One reporter per database: two replicas reporting the same rows at the same moment could both
 //! create a run's note.
 
+mod answer;
 mod run;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Notify, watch};
 
-use crate::config::{Config, ProjectConfig, ProjectForge};
-use crate::forge::report::{Forge, ForgeCredentials, ForgeError, connect};
+use crate::config::{Config, ProjectForge};
+use crate::forge::clients::Forges;
+use crate::forge::report::{ForgeCredentials, ForgeError};
 use crate::store::{
     OUTBOX_RUN, OUTBOX_STEP, OutboxItem, RunId, RunState, Step, Store, StoreError, now_millis,
 };
@@ -72,16 +77,6 @@ pub struct PassStats {
     pub deferred: usize,
 }
 
-/// A project's forge client, or why there is none yet.
-enum Slot {
-    Ready(Arc<dyn Forge>),
-    Failed {
-        until: Instant,
-        attempts: u32,
-        error: ForgeError,
-    },
-}
-
 /// Sends the outbox to the forges.
 pub struct Reporter {
     store: Store,
@@ -89,9 +84,7 @@ pub struct Reporter {
     credentials: HashMap<String, ForgeCredentials>,
     /// Per project, secret values to redact from what is sent.
     secrets: HashMap<String, Vec<String>>,
-    forges: Mutex<HashMap<String, Slot>>,
-    min_backoff: Duration,
-    max_backoff: Duration,
+    forges: Arc<Forges>,
 }
 
 impl Reporter {
@@ -110,20 +103,22 @@ impl Reporter {
         Reporter {
             store,
             config,
+            forges: Arc::new(Forges::new(credentials.clone())),
             credentials,
             secrets,
-            forges: Mutex::new(HashMap::new()),
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(600),
         }
     }
 
     /// Sets the exponential back-off used when the forge says nothing about when to come back
-    /// (default 1 s doubling up to 10 min).
+    /// (default 1 s doubling up to 10 min). Call it before [`Reporter::forges`].
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Reporter {
-        self.min_backoff = min;
-        self.max_backoff = max.max(min);
+        self.forges = Arc::new(Forges::new(self.credentials.clone()).with_backoff(min, max));
         self
+    }
+
+    /// The forge clients this reporter uses, to share with the planner (comment commands).
+    pub fn forges(&self) -> Arc<Forges> {
+        Arc::clone(&self.forges)
     }
 
     /// Adds secret values of `project` (beyond its forge credentials, which are always
@@ -157,7 +152,12 @@ impl Reporter {
     }
 
     async fn until_next_due(&self) -> Duration {
-        match self.store.first_outbox_due_at().await {
+        let due = async {
+            let rows = self.store.first_outbox_due_at().await?;
+            let answers = self.store.first_answer_due_at().await?;
+            Ok::<_, StoreError>(rows.into_iter().chain(answers).min())
+        };
+        match due.await {
             Ok(Some(at)) => {
                 let wait = u64::try_from(at - now_millis()).unwrap_or(0);
                 Duration::from_millis(wait).clamp(Duration::from_millis(5), PERIODIC)
@@ -196,13 +196,16 @@ impl Reporter {
                 Err(e @ ReportError::Store(_)) => return Err(e),
             }
         }
+        let answers = self.send_answers().await?;
+        stats.sent += answers.sent;
+        stats.deferred += answers.deferred;
         Ok(stats)
     }
 
-    /// Leaves `items` for later, when the forge asked or after a back-off.
-    async fn defer(&self, items: &[OutboxItem], error: &ForgeError) -> Result<(), StoreError> {
-        let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
-        let wait = match error {
+    /// How long to wait before trying again after `error`, the `attempts`-th failure: what the
+    /// forge asked for, else the back-off.
+    fn retry_wait(&self, attempts: i64, error: &ForgeError) -> Duration {
+        match error {
             ForgeError::Unavailable {
                 retry_after: Some(wait),
                 ..
@@ -210,7 +213,13 @@ impl Reporter {
             ForgeError::Unavailable { .. } | ForgeError::Rejected { .. } | ForgeError::Setup(_) => {
                 self.backoff(attempts)
             }
-        };
+        }
+    }
+
+    /// Leaves `items` for later, when the forge asked or after a back-off.
+    async fn defer(&self, items: &[OutboxItem], error: &ForgeError) -> Result<(), StoreError> {
+        let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
+        let wait = self.retry_wait(attempts, error);
         let retry_at = now_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
         let run = items.first().map(|i| i.run_id.get()).unwrap_or_default();
         tracing::warn!(run, rows = items.len(), attempts = attempts + 1,
@@ -224,57 +233,7 @@ impl Reporter {
     }
 
     fn backoff(&self, attempts: i64) -> Duration {
-        let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
-        self.min_backoff
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff)
-    }
-
-    /// The forge client of `project`, built on first use (`None` for `forge: none`).
-    async fn forge(&self, project: &ProjectConfig) -> Result<Option<Arc<dyn Forge>>, ForgeError> {
-        let mut forges = self.forges.lock().await;
-        let attempts = match forges.get(&project.name) {
-            Some(Slot::Ready(forge)) => return Ok(Some(Arc::clone(forge))),
-            Some(Slot::Failed {
-                until,
-                attempts,
-                error,
-            }) => {
-                if *until > Instant::now() {
-                    return Err(error.clone());
-                }
-                *attempts
-            }
-            None => 0,
-        };
-        let none = ForgeCredentials::None;
-        let credentials = self.credentials.get(&project.name).unwrap_or(&none);
-        match connect(project, credentials).await {
-            Ok(Some(forge)) => {
-                forges.insert(project.name.clone(), Slot::Ready(Arc::clone(&forge)));
-                Ok(Some(forge))
-            }
-            Ok(None) => Ok(None),
-            Err(error) => {
-                let wait = match &error {
-                    ForgeError::Unavailable {
-                        retry_after: Some(wait),
-                        ..
-                    } => *wait,
-                    _ => self.backoff(i64::from(attempts)),
-                };
-                tracing::warn!(project = %project.name, error = %error, "cannot reach the forge");
-                forges.insert(
-                    project.name.clone(),
-                    Slot::Failed {
-                        until: Instant::now() + wait,
-                        attempts: attempts + 1,
-                        error: error.clone(),
-                    },
-                );
-                Err(error)
-            }
-        }
+        self.forges.backoff(attempts)
     }
 
     /// Reports the current state of one run, for the rows `items`.
@@ -290,7 +249,7 @@ impl Reporter {
         if project.forge == ProjectForge::None {
             return Ok(());
         }
-        let Some(forge) = self.forge(project).await? else {
+        let Some(forge) = self.forges.get(project).await? else {
             return Ok(());
         };
         if let Some(until) = forge.paused_until() {

@@ -1,5 +1,6 @@
-//! The durable store: deliveries (events), runs, steps, the outbox, the reporter's memory of the
-//! forge (`forge_state`) and the HTTP API's tokens (`tokens`), in SQLite or PostgreSQL.
+//! The durable store: deliveries (events), runs, steps, the outbox, the reporter's memory of
+//! the forge (`forge_state`), approvals and cancel requests (`control`), the answers to comment
+//! commands (`answers`) and the HTTP API's tokens (`tokens`), in SQLite or PostgreSQL.
 //!
 //! One [`Store`] wraps either a SQLite pool (the default, `sqlite://ferry.db`) or a PostgreSQL
 //! pool (`postgres://` / `postgresql://` URLs, for several replicas). Every query is one SQL text
@@ -24,6 +25,8 @@
 //! busy timeout against other processes), so concurrent requests queue fairly instead of spinning
 //! in SQLite's busy handler.
 
+mod answers;
+mod control;
 mod events;
 mod forge_state;
 mod outbox;
@@ -34,6 +37,8 @@ mod stats;
 mod steps;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_commands;
 #[cfg(test)]
 mod tests_forge;
 #[cfg(test)]
@@ -53,6 +58,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+pub use answers::{AnswerKind, NewAnswer, StoredAnswer};
+pub use control::{CancelOutcome, WaitReason};
 pub use events::{Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
 pub use forge_state::{CommentKind, ForgeComment};
 pub use outbox::{ChangeMark, OUTBOX_RUN, OUTBOX_STEP, OutboxItem};

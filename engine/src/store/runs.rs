@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::pipeline::EventKind;
 use crate::problem::Problem;
 
+use super::control::WaitReason;
 use super::outbox::{OUTBOX_RUN, insert_outbox};
 use super::states::RunState;
 use super::{
@@ -238,12 +239,13 @@ macro_rules! select_runs {
         )
     };
 }
+pub(super) use select_runs;
 
-fn run_id(id: i64) -> Result<RunId, StoreError> {
+pub(super) fn run_id(id: i64) -> Result<RunId, StoreError> {
     RunId::new(id).ok_or_else(|| StoreError::Corrupt(format!("run id {id}")))
 }
 
-fn run_from_row(row: &impl Columns) -> Result<Run, StoreError> {
+pub(super) fn run_from_row(row: &impl Columns) -> Result<Run, StoreError> {
     Ok(Run {
         id: run_id(row.int("id")?)?,
         project: row.text("project")?,
@@ -276,7 +278,7 @@ impl Store {
     /// in one transaction. Returns its id and whether it was created: a run with the same dedup
     /// key that already exists is returned with `false`, and nothing is written.
     pub async fn create_run(&self, run: &NewRun) -> Result<(RunId, bool), StoreError> {
-        self.create_run_by(run, None).await
+        self.insert_run(run, None, None).await
     }
 
     /// [`Store::create_run`], recording who asked for the run (an API token's name).
@@ -285,14 +287,39 @@ impl Store {
         run: &NewRun,
         triggered_by: Option<&str>,
     ) -> Result<(RunId, bool), StoreError> {
-        match run.initial {
-            RunState::Queued | RunState::Failed => {}
-            RunState::Waiting
-            | RunState::Submitted
-            | RunState::Running
-            | RunState::Succeeded
-            | RunState::Cancelled => return Err(StoreError::InvalidInitialState(run.initial)),
+        self.insert_run(run, None, triggered_by).await
+    }
+
+    /// [`Store::create_run`], or with `wait` a run created `waiting` for that reason, with that
+    /// message (see `Store::create_waiting_run`); `triggered_by` names who asked through the API.
+    pub(super) async fn insert_run(
+        &self,
+        run: &NewRun,
+        wait: Option<(WaitReason, &str)>,
+        triggered_by: Option<&str>,
+    ) -> Result<(RunId, bool), StoreError> {
+        match (run.initial, wait) {
+            (RunState::Queued | RunState::Failed, None) | (RunState::Queued, Some(_)) => {}
+            (
+                RunState::Waiting
+                | RunState::Submitted
+                | RunState::Running
+                | RunState::Succeeded
+                | RunState::Cancelled,
+                _,
+            )
+            | (RunState::Failed, Some(_)) => {
+                return Err(StoreError::InvalidInitialState(run.initial));
+            }
         }
+        let initial = match wait {
+            Some(_) => RunState::Waiting,
+            None => run.initial,
+        };
+        let (wait_reason, message) = match wait {
+            Some((reason, message)) => (Some(reason.as_str()), Some(message)),
+            None => (None, None),
+        };
         let trigger = trigger_word(run.trigger);
         let dedup_key = run.dedup_scope.as_ref().map(|scope| {
             format!(
@@ -303,15 +330,16 @@ impl Store {
         let params = serde_json::to_string(&run.params)?;
         let problems = problems_to_json(&run.problems);
         let now = now_millis();
-        let finished = run.initial.is_terminal().then_some(now);
-        let payload = |id: i64| json!({"run": id, "state": run.initial.as_str()}).to_string();
+        let finished = initial.is_terminal().then_some(now);
+        let payload = |id: i64| json!({"run": id, "state": initial.as_str()}).to_string();
         let created = write_tx!(self, |tx| {
             let new: Option<(i64,)> = sqlx::query_as(
                 "INSERT INTO runs (project, pipeline, sha, trigger, event_id, rerun_of, git_ref, \
                  branch, tag, mr, params_json, pipeline_path, pipeline_yaml, state, problems_json, \
-                 dedup_key, created_at, updated_at, finished_at, triggered_by) VALUES ($1, $2, $3, \
-                 $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17, $18, $19) \
-                 ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+                 dedup_key, created_at, updated_at, finished_at, wait_reason, message, \
+                 triggered_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                 $15, $16, $17, $17, $18, $19, $20, $21) ON CONFLICT (dedup_key) DO NOTHING \
+                 RETURNING id",
             )
             .bind(&run.project)
             .bind(&run.pipeline)
@@ -326,11 +354,13 @@ impl Store {
             .bind(&params)
             .bind(&run.pipeline_path)
             .bind(&run.pipeline_yaml)
-            .bind(run.initial.as_str())
+            .bind(initial.as_str())
             .bind(&problems)
             .bind(&dedup_key)
             .bind(now)
             .bind(finished)
+            .bind(wait_reason)
+            .bind(message)
             .bind(triggered_by)
             .fetch_optional(&mut *tx)
             .await?;

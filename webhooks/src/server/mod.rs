@@ -227,31 +227,6 @@ pub async fn serve_with(
     let (observations_tx, observations_rx) = mpsc::channel(OBSERVATION_BUFFER);
     let executor = build_executor(&config, &profile, observations_tx).await?;
     let credentials = read_credentials(&config, |var| std::env::var(var).ok());
-    let planner = Arc::new(
-        Planner::new(
-            store.clone(),
-            config.clone(),
-            profile.clone(),
-            data_dir.clone(),
-        )
-        .with_credentials(move |p| {
-            credentials
-                .get(&p.name)
-                .cloned()
-                .unwrap_or(Credentials::None)
-        })
-        .with_runs_created(runs_wake.clone()),
-    );
-    let dispatcher = Arc::new(
-        Dispatcher::new(
-            store.clone(),
-            config.clone(),
-            profile.clone(),
-            executor.clone(),
-            data_dir.clone(),
-        )
-        .with_metrics(metrics.clone()),
-    );
     let forge_credentials: HashMap<String, ForgeCredentials> = config
         .projects
         .iter()
@@ -267,6 +242,33 @@ pub async fn serve_with(
         config.clone(),
         forge_credentials,
     ));
+    let planner = Arc::new(
+        Planner::new(
+            store.clone(),
+            config.clone(),
+            profile.clone(),
+            data_dir.clone(),
+        )
+        .with_credentials(move |p| {
+            credentials
+                .get(&p.name)
+                .cloned()
+                .unwrap_or(Credentials::None)
+        })
+        .with_runs_created(runs_wake.clone())
+        .with_forges(reporter.forges())
+        .with_metrics(metrics.clone()),
+    );
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            store.clone(),
+            config.clone(),
+            profile.clone(),
+            executor.clone(),
+            data_dir.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let reporter_task = tokio::spawn(reporter.run(store.outbox_notify(), stop_rx.clone()));
     let planner_task = tokio::spawn(planner.clone().run(wake.clone(), stop_rx.clone()));
     let dispatcher_task = tokio::spawn(dispatcher.run(runs_wake, observations_rx, stop_rx));

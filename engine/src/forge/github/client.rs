@@ -1,5 +1,6 @@
 //! GitHub reporting with `octocrab`: commit statuses (token) or check runs (GitHub App) per
-//! pipeline, commit statuses per step, and one PR comment per pipeline run.
+//! pipeline, commit statuses per step, and one PR comment per pipeline run; for comment commands,
+//! collaborator permissions, pull request heads and reactions on comments.
 //!
 //! Calls go through octocrab's raw verbs (`_get`, `_post`, `_patch`) with paths relative to the
 //! base URI, so that octocrab adds the credentials (it only does for relative paths or
@@ -17,9 +18,10 @@ use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
 use serde_json::{Value, json};
 
+use crate::event::Actor;
 use crate::forge::report::{
-    BoxFuture, CheckRunReport, Forge, ForgeCredentials, ForgeError, RateGate, StatusReport,
-    StatusState, classify, clip, error_message,
+    Access, BoxFuture, CheckRunReport, Forge, ForgeCredentials, ForgeError, MergeRequestHead,
+    RateGate, Reaction, StatusReport, StatusState, classify, clip, error_message,
 };
 
 /// GitHub's limit on a status description, in characters (clipped in bytes, which is stricter).
@@ -304,6 +306,68 @@ impl Forge for GithubForge {
         Box::pin(async move {
             let path = format!("/repos/{}/issues/comments/{id}", self.repo);
             self.send(http::Method::PATCH, &path, Some(&json!({ "body": body })))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn access<'a>(&'a self, user: &'a Actor) -> BoxFuture<'a, Result<Access, ForgeError>> {
+        Box::pin(async move {
+            if user.login.is_empty() {
+                return Ok(Access::None);
+            }
+            let path = format!(
+                "/repos/{}/collaborators/{}/permission",
+                self.repo,
+                encode(&user.login)
+            );
+            let text = match self.send(http::Method::GET, &path, None).await {
+                Ok(text) => text,
+                Err(ForgeError::Rejected { status: 404, .. }) => return Ok(Access::None),
+                Err(e) => return Err(e),
+            };
+            let answer: Value = serde_json::from_str(&text).map_err(unavailable)?;
+            let word = |key: &str| answer.get(key).and_then(Value::as_str);
+            Ok(Access::from_github(
+                word("permission").unwrap_or(""),
+                word("role_name"),
+            ))
+        })
+    }
+
+    fn merge_request_head<'a>(
+        &'a self,
+        mr: u64,
+    ) -> BoxFuture<'a, Result<MergeRequestHead, ForgeError>> {
+        Box::pin(async move {
+            let path = format!("/repos/{}/pulls/{mr}", self.repo);
+            let text = self.send(http::Method::GET, &path, None).await?;
+            let pr: Value = serde_json::from_str(&text).map_err(unavailable)?;
+            let field = |pointer: &str| {
+                pr.pointer(pointer)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| unavailable(format!("a pull request without `{pointer}`")))
+            };
+            Ok(MergeRequestHead {
+                sha: field("/head/sha")?,
+                source_branch: field("/head/ref")?,
+                target_branch: field("/base/ref")?,
+            })
+        })
+    }
+
+    fn react<'a>(
+        &'a self,
+        _mr: u64,
+        comment: u64,
+        reaction: Reaction,
+    ) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async move {
+            // GitHub answers `200` with the existing reaction when it is there already.
+            let path = format!("/repos/{}/issues/comments/{comment}/reactions", self.repo);
+            let body = json!({ "content": reaction.github_content() });
+            self.send(http::Method::POST, &path, Some(&body))
                 .await
                 .map(drop)
         })

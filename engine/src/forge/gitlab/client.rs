@@ -1,4 +1,5 @@
-//! GitLab reporting with the `gitlab` crate's async client: commit statuses and MR notes.
+//! GitLab reporting with the `gitlab` crate's async client: commit statuses, MR notes, and for
+//! comment commands member access levels, merge request heads and award emoji on notes.
 //!
 //! Endpoints are the crate's typed builders (`CreateCommitStatus`, `CreateMergeRequestNote`,
 //! `EditMergeRequestNote`, `MergeRequestNotes`), sent through the client's
@@ -15,15 +16,21 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use gitlab::api::projects::members::AllProjectMember;
+use gitlab::api::projects::merge_requests::MergeRequest;
+use gitlab::api::projects::merge_requests::notes::awards::CreateMergeRequestNoteAward;
 use gitlab::api::projects::merge_requests::notes::{
     CreateMergeRequestNote, EditMergeRequestNote, MergeRequestNotes,
 };
 use gitlab::api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
+use gitlab::api::users::Users;
 use gitlab::api::{AsyncClient, Endpoint};
 use gitlab::{AsyncGitlab, GitlabBuilder};
 
+use crate::event::Actor;
 use crate::forge::report::{
-    BoxFuture, Forge, ForgeError, RateGate, StatusReport, StatusState, classify, error_message,
+    Access, BoxFuture, Forge, ForgeError, MergeRequestHead, RateGate, Reaction, StatusReport,
+    StatusState, classify, error_message,
 };
 use crate::service::mirror::SecretString;
 
@@ -112,6 +119,52 @@ impl GitlabForge {
     }
 }
 
+impl GitlabForge {
+    /// The id of the user named `login`, if GitLab knows one (`GET /users?username=`).
+    async fn user_id(&self, login: &str) -> Result<Option<u64>, ForgeError> {
+        #[derive(serde::Deserialize)]
+        struct User {
+            id: u64,
+        }
+        let endpoint = Users::builder()
+            .username(login)
+            .build()
+            .map_err(builder_error)?;
+        let body = self.send(&endpoint).await?;
+        let users: Vec<User> =
+            serde_json::from_slice(&body).map_err(|e| unexpected("a user search", e))?;
+        Ok(users.first().map(|u| u.id))
+    }
+
+    /// A member's access level (`GET /projects/:id/members/all/:user_id`, inherited
+    /// memberships included); not a member is [`Access::None`].
+    async fn member_access(&self, user: u64) -> Result<Access, ForgeError> {
+        #[derive(serde::Deserialize)]
+        struct Member {
+            access_level: u64,
+            #[serde(default)]
+            state: Option<String>,
+        }
+        let endpoint = AllProjectMember::builder()
+            .project(self.project.as_str())
+            .user(user)
+            .build()
+            .map_err(builder_error)?;
+        match self.send(&endpoint).await {
+            Ok(body) => {
+                let member: Member =
+                    serde_json::from_slice(&body).map_err(|e| unexpected("a member", e))?;
+                if member.state.as_deref().is_some_and(|s| s != "active") {
+                    return Ok(Access::None);
+                }
+                Ok(Access::from_gitlab_level(member.access_level))
+            }
+            Err(ForgeError::Rejected { status: 404, .. }) => Ok(Access::None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// The client's build error (its `GET /api/v4/user` check failed): unreachable, `5xx` and `429`
 /// are worth retrying, anything else is setup. The crate's check keeps no headers (except in
 /// its own rate-limit error), so a `Retry-After` on that one call is replaced by the back-off.
@@ -157,6 +210,14 @@ fn builder_error(e: impl std::fmt::Display) -> ForgeError {
     ForgeError::Rejected {
         status: 0,
         message: e.to_string(),
+    }
+}
+
+/// An answer that does not parse: the forge (or a proxy) is not itself; worth another try.
+fn unexpected(what: &str, e: impl std::fmt::Display) -> ForgeError {
+    ForgeError::Unavailable {
+        message: format!("unexpected answer to {what}: {e}"),
+        retry_after: None,
     }
 }
 
@@ -277,6 +338,77 @@ impl Forge for GitlabForge {
                 .build()
                 .map_err(builder_error)?;
             self.send(&endpoint).await.map(drop)
+        })
+    }
+
+    fn access<'a>(&'a self, user: &'a Actor) -> BoxFuture<'a, Result<Access, ForgeError>> {
+        Box::pin(async move {
+            let id = match user.id {
+                Some(id) => id,
+                None if user.login.is_empty() => return Ok(Access::None),
+                None => match self.user_id(&user.login).await? {
+                    Some(id) => id,
+                    None => return Ok(Access::None),
+                },
+            };
+            self.member_access(id).await
+        })
+    }
+
+    fn merge_request_head<'a>(
+        &'a self,
+        mr: u64,
+    ) -> BoxFuture<'a, Result<MergeRequestHead, ForgeError>> {
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct Mr {
+                #[serde(default)]
+                sha: Option<String>,
+                source_branch: String,
+                target_branch: String,
+            }
+            let endpoint = MergeRequest::builder()
+                .project(self.project.as_str())
+                .merge_request(mr)
+                .build()
+                .map_err(builder_error)?;
+            let body = self.send(&endpoint).await?;
+            let found: Mr =
+                serde_json::from_slice(&body).map_err(|e| unexpected("a merge request", e))?;
+            Ok(MergeRequestHead {
+                sha: found
+                    .sha
+                    .ok_or_else(|| unexpected("a merge request", "no `sha`"))?,
+                source_branch: found.source_branch,
+                target_branch: found.target_branch,
+            })
+        })
+    }
+
+    fn react<'a>(
+        &'a self,
+        mr: u64,
+        comment: u64,
+        reaction: Reaction,
+    ) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async move {
+            let endpoint = CreateMergeRequestNoteAward::builder()
+                .project(self.project.as_str())
+                .merge_request(mr)
+                .note(comment)
+                .name(reaction.gitlab_name())
+                .build()
+                .map_err(builder_error)?;
+            match self.send(&endpoint).await {
+                Ok(_) => Ok(()),
+                // GitLab keeps one award per person and emoji, and says so with a 404.
+                Err(ForgeError::Rejected { message, .. })
+                    if message.contains("has already been taken") =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 

@@ -14,7 +14,10 @@ use crate::service::summary::{self, Baseline, Links, SummaryInput};
 use crate::store::{CommentKind, Run, RunState, Step, StepState, Store};
 
 /// Keeps going after a call the forge refused for good (logged), stops on anything else.
-fn tolerate<T>(what: &str, result: Result<T, ForgeError>) -> Result<Option<T>, ForgeError> {
+pub(super) fn tolerate<T>(
+    what: &str,
+    result: Result<T, ForgeError>,
+) -> Result<Option<T>, ForgeError> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(ForgeError::Rejected { status, message }) => {
