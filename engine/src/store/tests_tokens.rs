@@ -116,6 +116,7 @@ async fn last_use_is_written_at_most_once_a_minute() {
             .bind(token.id.0)
             .execute(pool)
             .await
+            .map(drop)
             .expect("set"));
         };
         let stored = || async {
