@@ -132,7 +132,9 @@ struct Reply {
 
 impl Reply {
     fn code(&self) -> &str {
-        self.json["error"]["code"].as_str().unwrap_or("(no error code)")
+        self.json["error"]["code"]
+            .as_str()
+            .unwrap_or("(no error code)")
     }
 }
 
@@ -220,7 +222,9 @@ impl Harness {
 
     /// The ids of `GET /api/v1/runs{query}` (as admin), and its cursor.
     async fn list(&self, query: &str) -> (Vec<i64>, Value) {
-        let reply = self.get(&format!("/api/v1/runs{query}"), Some(&self.admin)).await;
+        let reply = self
+            .get(&format!("/api/v1/runs{query}"), Some(&self.admin))
+            .await;
         assert_eq!(reply.status, 200, "{query}: {}", reply.json);
         let ids = reply.json["runs"]
             .as_array()
@@ -270,17 +274,29 @@ impl Harness {
             .await
             .expect("running");
         for step in ["hello", "evaluate"] {
-            s.transition_step(id, step, StepState::Pending, StepState::Running, &StepChange::default())
-                .await
-                .expect("step running");
+            s.transition_step(
+                id,
+                step,
+                StepState::Pending,
+                StepState::Running,
+                &StepChange::default(),
+            )
+            .await
+            .expect("step running");
         }
         let (hello, evaluate) = match to {
             RunState::Succeeded => (StepState::Succeeded, StepState::Succeeded),
             _ => (StepState::Succeeded, StepState::Failed),
         };
-        s.transition_step(id, "hello", StepState::Running, hello, &StepChange::default())
-            .await
-            .expect("hello");
+        s.transition_step(
+            id,
+            "hello",
+            StepState::Running,
+            hello,
+            &StepChange::default(),
+        )
+        .await
+        .expect("hello");
         let change = StepChange {
             message: (evaluate == StepState::Failed).then(|| "exit 1".to_owned()),
             metrics: (evaluate == StepState::Succeeded)
@@ -289,7 +305,9 @@ impl Harness {
         s.transition_step(id, "evaluate", StepState::Running, evaluate, &change)
             .await
             .expect("evaluate");
-        s.transition_run(id, RunState::Running, to).await.expect("run");
+        s.transition_run(id, RunState::Running, to)
+            .await
+            .expect("run");
     }
 }
 
@@ -351,8 +369,7 @@ async fn the_openapi_document_lists_every_route_and_every_route_answers() {
             );
         }
         for other in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
-            if documented.contains(&(other.to_owned(), path.clone())) || !path.starts_with("/api")
-            {
+            if documented.contains(&(other.to_owned(), path.clone())) || !path.starts_with("/api") {
                 continue;
             }
             let reply = h.call(other, &concrete, Some(&h.admin), "").await;
@@ -365,12 +382,19 @@ async fn the_openapi_document_lists_every_route_and_every_route_answers() {
     let schemas = doc.json["components"]["schemas"]
         .as_object()
         .expect("schemas");
-    for name in ["RunSummary", "RunDetail", "RunList", "TriggerRequest", "ErrorBody", "RunState"] {
+    for name in [
+        "RunSummary",
+        "RunDetail",
+        "RunList",
+        "TriggerRequest",
+        "ErrorBody",
+        "RunState",
+    ] {
         assert!(schemas.contains_key(name), "components.schemas.{name}");
     }
     assert_eq!(
-        doc.json["paths"]["/api/v1/runs"]["post"]["responses"]["422"]["content"]
-            ["application/json"]["schema"]["$ref"],
+        doc.json["paths"]["/api/v1/runs"]["post"]["responses"]["422"]["content"]["application/json"]
+            ["schema"]["$ref"],
         "#/components/schemas/ErrorBody"
     );
 }
@@ -400,13 +424,25 @@ async fn tokens_are_needed_checked_and_scoped_to_their_project() {
         .header("authorization", format!("Basic {}", h.admin))
         .body(Body::empty())
         .expect("request");
-    let status = h.app.clone().oneshot(request).await.expect("answer").status();
+    let status = h
+        .app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("answer")
+        .status();
     assert_eq!(status, 401, "only the Bearer scheme");
     request = Request::get("/api/v1/runs")
         .header("authorization", format!("bearer {}", h.admin))
         .body(Body::empty())
         .expect("request");
-    let status = h.app.clone().oneshot(request).await.expect("answer").status();
+    let status = h
+        .app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("answer")
+        .status();
     assert_eq!(status, 200, "the scheme is case-insensitive");
 
     // A project token sees its project only.
@@ -429,20 +465,35 @@ async fn tokens_are_needed_checked_and_scoped_to_their_project() {
     assert_eq!(h.get(&beta, Some(&h.alpha)).await.status, 403);
     assert_eq!(h.get(&beta, Some(&h.admin)).await.status, 200);
     let trigger = json!({"project": "beta", "pipeline": "quick"});
-    assert_eq!(h.post("/api/v1/runs", Some(&h.alpha), trigger).await.status, 403);
+    assert_eq!(
+        h.post("/api/v1/runs", Some(&h.alpha), trigger).await.status,
+        403
+    );
     for action in ["rerun", "cancel"] {
         let path = format!("{beta}/{action}");
-        assert_eq!(h.post(&path, Some(&h.alpha), json!({})).await.status, 403, "{action}");
+        assert_eq!(
+            h.post(&path, Some(&h.alpha), json!({})).await.status,
+            403,
+            "{action}"
+        );
     }
     assert_eq!(
-        h.store.get_run(beta_run).await.expect("get").expect("run").state,
+        h.store
+            .get_run(beta_run)
+            .await
+            .expect("get")
+            .expect("run")
+            .state,
         RunState::Queued,
         "nothing happened to beta's run"
     );
 
     // Revoked: 401 from then on; last use is recorded.
     let listed = h.store.list_tokens().await.expect("tokens");
-    assert!(listed.iter().all(|t| t.last_used_at.is_some()), "{listed:?}");
+    assert!(
+        listed.iter().all(|t| t.last_used_at.is_some()),
+        "{listed:?}"
+    );
     h.store.revoke_token("alpha-ci").await.expect("revoke");
     let revoked = h.get("/api/v1/runs", Some(&h.alpha)).await;
     assert_eq!((revoked.status, revoked.code()), (401, "unauthorized"));
@@ -455,15 +506,27 @@ async fn dashboard_public_opens_reads_but_not_writes() {
     assert_eq!(h.get("/api/v1/runs", None).await.status, 200);
     assert_eq!(h.get(&format!("/api/v1/runs/{id}"), None).await.status, 200);
     let write = h
-        .post("/api/v1/runs", None, json!({"project": "beta", "pipeline": "quick"}))
+        .post(
+            "/api/v1/runs",
+            None,
+            json!({"project": "beta", "pipeline": "quick"}),
+        )
         .await;
     assert_eq!((write.status, write.code()), (401, "unauthorized"));
-    let cancel = h.post(&format!("/api/v1/runs/{id}/cancel"), None, json!({})).await;
+    let cancel = h
+        .post(&format!("/api/v1/runs/{id}/cancel"), None, json!({}))
+        .await;
     assert_eq!(cancel.status, 401);
     let wrong = h.get("/api/v1/runs", Some("ferry_wrong")).await;
     assert_eq!(wrong.status, 401, "a token that is given is checked");
     // A project token still cannot write elsewhere.
-    let rerun = h.post(&format!("/api/v1/runs/{id}/rerun"), Some(&h.alpha), json!({})).await;
+    let rerun = h
+        .post(
+            &format!("/api/v1/runs/{id}/rerun"),
+            Some(&h.alpha),
+            json!({}),
+        )
+        .await;
     assert_eq!(rerun.status, 403);
 }
 
@@ -517,9 +580,18 @@ async fn trigger_queues_a_run_with_its_parameters_and_says_what_is_wrong() {
             json!({"project": "alpha", "pipeline": "quick", "params": {"greting": "x", "lr": 1}}),
             vec!["params.greting", "params.lr"],
         ),
-        (json!({"project": "alpha", "pipeline": "nope"}), vec!["pipeline"]),
-        (json!({"project": "alpha", "pipeline": "quick", "ref": "no-such-branch"}), vec!["ref"]),
-        (json!({"project": "alpha", "pipeline": "quick", "sha": "abc"}), vec!["sha"]),
+        (
+            json!({"project": "alpha", "pipeline": "nope"}),
+            vec!["pipeline"],
+        ),
+        (
+            json!({"project": "alpha", "pipeline": "quick", "ref": "no-such-branch"}),
+            vec!["ref"],
+        ),
+        (
+            json!({"project": "alpha", "pipeline": "quick", "sha": "abc"}),
+            vec!["sha"],
+        ),
         (
             json!({"project": "alpha", "pipeline": "quick", "sha": "0".repeat(40)}),
             vec!["sha"],
@@ -528,11 +600,19 @@ async fn trigger_queues_a_run_with_its_parameters_and_says_what_is_wrong() {
             json!({"project": "alpha", "pipeline": "quick", "params": {"greeting": {"a": 1}}}),
             vec!["params.greeting"],
         ),
-        (json!({"project": "gamma", "pipeline": "quick"}), vec!["project"]),
+        (
+            json!({"project": "gamma", "pipeline": "quick"}),
+            vec!["project"],
+        ),
     ];
     for (body, fields) in cases {
         let reply = h.post("/api/v1/runs", Some(&h.admin), body.clone()).await;
-        assert_eq!((reply.status, reply.code()), (422, "validation_failed"), "{body}: {}", reply.json);
+        assert_eq!(
+            (reply.status, reply.code()),
+            (422, "validation_failed"),
+            "{body}: {}",
+            reply.json
+        );
         let got: Vec<&str> = reply.json["error"]["details"]
             .as_array()
             .expect("details")
@@ -551,10 +631,17 @@ async fn trigger_queues_a_run_with_its_parameters_and_says_what_is_wrong() {
     let message = undeclared.json["error"]["details"][0]["message"]
         .as_str()
         .unwrap_or_default();
-    assert!(message.contains("lr") && message.contains("greeting"), "{message}");
+    assert!(
+        message.contains("lr") && message.contains("greeting"),
+        "{message}"
+    );
 
     let unknown_field = h
-        .post("/api/v1/runs", Some(&h.admin), json!({"project": "alpha", "pipeline": "quick", "branch": "x"}))
+        .post(
+            "/api/v1/runs",
+            Some(&h.admin),
+            json!({"project": "alpha", "pipeline": "quick", "branch": "x"}),
+        )
         .await;
     assert_eq!(unknown_field.status, 422);
     assert!(
@@ -565,12 +652,24 @@ async fn trigger_queues_a_run_with_its_parameters_and_says_what_is_wrong() {
         "{}",
         unknown_field.json
     );
-    let missing = h.post("/api/v1/runs", Some(&h.admin), json!({"project": "alpha"})).await;
+    let missing = h
+        .post("/api/v1/runs", Some(&h.admin), json!({"project": "alpha"}))
+        .await;
     assert_eq!(missing.status, 422);
-    let malformed = h.call("POST", "/api/v1/runs", Some(&h.admin), "{not json").await;
+    let malformed = h
+        .call("POST", "/api/v1/runs", Some(&h.admin), "{not json")
+        .await;
     assert_eq!((malformed.status, malformed.code()), (400, "bad_request"));
-    let runs = h.store.list_runs(&Default::default(), Default::default()).await.expect("list");
-    assert_eq!(runs.runs.len(), 2, "nothing was created by refused requests");
+    let runs = h
+        .store
+        .list_runs(&Default::default(), Default::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        runs.runs.len(),
+        2,
+        "nothing was created by refused requests"
+    );
 }
 
 #[tokio::test]
@@ -591,15 +690,26 @@ async fn runs_are_listed_with_filters_and_a_cursor() {
     assert_eq!(h.list("?branch=dev").await.0, [id(5), id(3), id(1)]);
     assert_eq!(h.list("?merge_request=7").await.0, [id(6), id(3), id(0)]);
     assert_eq!(h.list("?state=cancelled").await.0, [id(6)]);
-    assert_eq!(h.list("?project=alpha&pipeline=quick&trigger=push&branch=main").await.0, [id(4), id(2)]);
-    assert_eq!(h.list(&format!("?sha={}", "f".repeat(40))).await.0, Vec::<i64>::new());
+    assert_eq!(
+        h.list("?project=alpha&pipeline=quick&trigger=push&branch=main")
+            .await
+            .0,
+        [id(4), id(2)]
+    );
+    assert_eq!(
+        h.list(&format!("?sha={}", "f".repeat(40))).await.0,
+        Vec::<i64>::new()
+    );
 
     // Pages of 3: 3, 3, 1, no overlap, then no cursor.
     let (first, cursor) = h.list("?limit=3").await;
     assert_eq!(first, [id(6), id(5), id(4)]);
     let cursor = cursor.as_str().expect("a cursor").to_owned();
     let second = h
-        .get(&format!("/api/v1/runs?limit=3&cursor={cursor}"), Some(&h.admin))
+        .get(
+            &format!("/api/v1/runs?limit=3&cursor={cursor}"),
+            Some(&h.admin),
+        )
         .await;
     assert_eq!(second.json["runs"][0]["id"], id(3));
     let third = h
@@ -623,7 +733,12 @@ async fn runs_are_listed_with_filters_and_a_cursor() {
         "?merge_request=seven",
     ] {
         let reply = h.get(&format!("/api/v1/runs{bad}"), Some(&h.admin)).await;
-        assert_eq!((reply.status, reply.code()), (400, "bad_request"), "{bad}: {}", reply.json);
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "bad_request"),
+            "{bad}: {}",
+            reply.json
+        );
     }
     let reply = h.get("/api/v1/runs?state=done", Some(&h.admin)).await;
     assert!(
@@ -699,7 +814,10 @@ async fn a_run_shows_steps_metrics_against_the_baseline_links_and_who() {
     assert_eq!(d["state"], "succeeded");
     assert_eq!(d["trigger"], "push");
     assert_eq!(d["triggered_by"], Value::Null);
-    assert_eq!(d["event"], json!({"id": event_id.0, "forge": "gitlab", "actor": "ada"}));
+    assert_eq!(
+        d["event"],
+        json!({"id": event_id.0, "forge": "gitlab", "actor": "ada"})
+    );
     assert_eq!(d["params"], json!({"greeting": "hello"}));
     assert_eq!(d["pipeline_path"], ".ferry/quick.yaml");
     assert!(d["created_at"].as_str().expect("time").ends_with('Z'));
@@ -716,7 +834,10 @@ async fn a_run_shows_steps_metrics_against_the_baseline_links_and_who() {
             )
         })
         .collect();
-    assert_eq!(steps, [("hello", "succeeded", 1), ("evaluate", "succeeded", 1)]);
+    assert_eq!(
+        steps,
+        [("hello", "succeeded", 1), ("evaluate", "succeeded", 1)]
+    );
     assert!(d["steps"][0]["started_at"].is_string() && d["steps"][0]["finished_at"].is_string());
     assert_eq!(d["metrics"]["baseline_run"], baseline.get());
     assert_eq!(d["metrics"]["baseline_branch"], "main");
@@ -738,7 +859,9 @@ async fn a_run_shows_steps_metrics_against_the_baseline_links_and_who() {
         })
     );
     // The first run has no baseline before it.
-    let first = h.get(&format!("/api/v1/runs/{baseline}"), Some(&h.alpha)).await;
+    let first = h
+        .get(&format!("/api/v1/runs/{baseline}"), Some(&h.alpha))
+        .await;
     assert_eq!(first.json["metrics"]["baseline_run"], Value::Null);
     assert_eq!(first.json["metrics"]["values"][0]["verdict"], Value::Null);
 
@@ -758,7 +881,9 @@ async fn reruns_repeat_a_run_and_failed_only_reruns_only_a_failure() {
     h.finish(failed, RunState::Failed, 0.0).await;
     let path = format!("/api/v1/runs/{failed}/rerun");
 
-    let reply = h.post(&path, Some(&h.alpha), json!({"failed_only": true})).await;
+    let reply = h
+        .post(&path, Some(&h.alpha), json!({"failed_only": true}))
+        .await;
     assert_eq!(reply.status, 201, "{}", reply.json);
     let rerun = reply.json["id"].as_i64().expect("id");
     assert_eq!(reply.json["rerun_of"], failed.get());
@@ -766,19 +891,41 @@ async fn reruns_repeat_a_run_and_failed_only_reruns_only_a_failure() {
     assert_eq!(reply.json["triggered_by"], "alpha-ci");
     assert_eq!(reply.json["trigger"], "push", "the same event context");
     assert_eq!(reply.json["ref"], "refs/heads/main");
-    let steps = h.store.steps(RunId::new(rerun).expect("id")).await.expect("steps");
+    let steps = h
+        .store
+        .steps(RunId::new(rerun).expect("id"))
+        .await
+        .expect("steps");
     assert_eq!(
-        steps.iter().map(|s| (s.name.as_str(), s.state)).collect::<Vec<_>>(),
-        [("hello", StepState::Pending), ("evaluate", StepState::Pending)]
+        steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.state))
+            .collect::<Vec<_>>(),
+        [
+            ("hello", StepState::Pending),
+            ("evaluate", StepState::Pending)
+        ]
     );
 
     // The latest run of that pipeline at that commit is now the queued rerun: nothing to do.
-    for (query, body) in [("", json!({"failed_only": true})), ("?failed=true", json!({}))] {
-        let again = h.post(&format!("{path}{query}"), Some(&h.alpha), body).await;
-        assert_eq!((again.status, again.code()), (409, "conflict"), "{}", again.json);
+    for (query, body) in [
+        ("", json!({"failed_only": true})),
+        ("?failed=true", json!({})),
+    ] {
+        let again = h
+            .post(&format!("{path}{query}"), Some(&h.alpha), body)
+            .await;
+        assert_eq!(
+            (again.status, again.code()),
+            (409, "conflict"),
+            "{}",
+            again.json
+        );
         assert_eq!(
             again.json["error"]["message"],
-            format!("run {rerun} is the latest run of this pipeline at this commit and it is queued, not failed")
+            format!(
+                "run {rerun} is the latest run of this pipeline at this commit and it is queued, not failed"
+            )
         );
     }
     // "All" repeats it whatever its state (an empty body is `{}`).
@@ -789,7 +936,11 @@ async fn reruns_repeat_a_run_and_failed_only_reruns_only_a_failure() {
     let succeeded = h.stored_run("alpha", Some("dev"), None).await;
     h.finish(succeeded, RunState::Succeeded, 0.9).await;
     let refused = h
-        .post(&format!("/api/v1/runs/{succeeded}/rerun?failed=true"), Some(&h.alpha), json!({}))
+        .post(
+            &format!("/api/v1/runs/{succeeded}/rerun?failed=true"),
+            Some(&h.alpha),
+            json!({}),
+        )
         .await;
     assert_eq!(refused.status, 409);
 
@@ -820,18 +971,28 @@ async fn reruns_repeat_a_run_and_failed_only_reruns_only_a_failure() {
         steps: vec![],
     };
     let (invalid, _) = h.store.create_run(&invalid).await.expect("run");
-    let reply = h.post(&format!("/api/v1/runs/{invalid}/rerun"), Some(&h.admin), json!({})).await;
+    let reply = h
+        .post(
+            &format!("/api/v1/runs/{invalid}/rerun"),
+            Some(&h.admin),
+            json!({}),
+        )
+        .await;
     assert_eq!(reply.status, 409);
     assert_eq!(
         reply.json["error"]["details"][0]["message"],
         ".ferry/broken.yaml:1:1: name: missing field `name`"
     );
 
-    let missing = h.post("/api/v1/runs/999/rerun", Some(&h.admin), json!({})).await;
+    let missing = h
+        .post("/api/v1/runs/999/rerun", Some(&h.admin), json!({}))
+        .await;
     assert_eq!(missing.status, 404);
     let unknown = h.post(&path, Some(&h.admin), json!({"failed": true})).await;
     assert_eq!((unknown.status, unknown.code()), (422, "validation_failed"));
-    let bad_query = h.post(&format!("{path}?failed=maybe"), Some(&h.admin), json!({})).await;
+    let bad_query = h
+        .post(&format!("{path}?failed=maybe"), Some(&h.admin), json!({}))
+        .await;
     assert_eq!(bad_query.status, 400);
 }
 
@@ -851,12 +1012,26 @@ async fn cancelling_a_queued_run_cancels_it_and_its_steps_and_finished_runs_refu
     );
     let again = h.post(&path, Some(&h.alpha), json!({})).await;
     assert_eq!((again.status, again.code()), (409, "conflict"));
-    assert_eq!(again.json["error"]["message"], format!("run {id} is already cancelled"));
+    assert_eq!(
+        again.json["error"]["message"],
+        format!("run {id} is already cancelled")
+    );
     let done = h.stored_run("alpha", Some("main"), None).await;
     h.finish(done, RunState::Succeeded, 0.9).await;
-    let reply = h.post(&format!("/api/v1/runs/{done}/cancel"), Some(&h.admin), json!({})).await;
+    let reply = h
+        .post(
+            &format!("/api/v1/runs/{done}/cancel"),
+            Some(&h.admin),
+            json!({}),
+        )
+        .await;
     assert_eq!(reply.status, 409);
-    assert_eq!(h.post("/api/v1/runs/999/cancel", Some(&h.admin), json!({})).await.status, 404);
+    assert_eq!(
+        h.post("/api/v1/runs/999/cancel", Some(&h.admin), json!({}))
+            .await
+            .status,
+        404
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -908,13 +1083,19 @@ async fn live() -> Live {
     }
 }
 
-impl Live {
-    /// Runs `ferry ARGS` with `FERRY_SERVER` at this server and `FERRY_TOKEN` as given.
+/// The `ferry` binary as a client of one server, run in one directory.
+struct Cli {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Cli {
+    /// Runs `ferry ARGS` with `FERRY_SERVER` at the server and `FERRY_TOKEN` as given.
     async fn ferry(&self, token: Option<&str>, args: &[&str]) -> ferry_tests::Run {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-under-test"));
         command
             .args(args)
-            .current_dir(self.dir.path())
+            .current_dir(&self.dir)
             .env("FERRY_SERVER", &self.url)
             .env_remove("FERRY_DATABASE_URL")
             .env_remove("FERRY_TOKEN");
@@ -935,17 +1116,37 @@ impl Live {
     }
 
     /// `ferry runs show ID --json`, until `done` says so (at most a minute).
-    async fn show_until(&self, token: &str, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    async fn show_until(
+        &self,
+        token: &str,
+        id: i64,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = self.ferry(Some(token), &["runs", "show", &id.to_string(), "--json"]).await;
+            let out = self
+                .ferry(Some(token), &["runs", "show", &id.to_string(), "--json"])
+                .await;
             assert_eq!(out.code, 0, "{out}");
             let run: Value = serde_json::from_str(&out.stdout).expect("JSON");
             if done(&run) {
                 return run;
             }
-            assert!(Instant::now() < deadline, "run {id} not {what} within a minute: {run}");
+            assert!(
+                Instant::now() < deadline,
+                "run {id} not {what} within a minute: {run}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Live {
+    fn cli(&self) -> Cli {
+        Cli {
+            dir: self.dir.path().to_path_buf(),
+            url: self.url.clone(),
         }
     }
 
@@ -962,30 +1163,79 @@ impl Live {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_triggers_a_run_that_succeeds_on_the_local_executor_and_manages_it() {
-    let server = live().await;
-    let config = server.config.display().to_string();
+    let live = live().await;
+    let server = live.cli();
+    let config = live.config.display().to_string();
 
     // Tokens through the CLI, on the server's database.
     let created = server
-        .ferry(None, &["token", "create", "--config", &config, "--admin", "--name", "me"])
+        .ferry(
+            None,
+            &[
+                "token", "create", "--config", &config, "--admin", "--name", "me",
+            ],
+        )
         .await;
     assert_eq!(created.code, 0, "{created}");
     let token = created.stdout.trim().to_owned();
-    assert_eq!(created.stdout.lines().count(), 1, "the token alone: {created}");
+    assert_eq!(
+        created.stdout.lines().count(),
+        1,
+        "the token alone: {created}"
+    );
     assert!(token.starts_with("ferry_"), "{created}");
     let unknown = server
-        .ferry(None, &["token", "create", "--config", &config, "--project", "gamma", "--name", "x"])
+        .ferry(
+            None,
+            &[
+                "token",
+                "create",
+                "--config",
+                &config,
+                "--project",
+                "gamma",
+                "--name",
+                "x",
+            ],
+        )
         .await;
     assert_eq!(unknown.code, 2, "{unknown}");
-    assert!(unknown.stderr.contains("--project `gamma` is not configured (projects: alpha, beta)"), "{unknown}");
+    assert!(
+        unknown
+            .stderr
+            .contains("--project `gamma` is not configured (projects: alpha, beta)"),
+        "{unknown}"
+    );
     let ci = server
-        .ferry(None, &["token", "create", "--config", &config, "--project", "beta", "--name", "ci"])
+        .ferry(
+            None,
+            &[
+                "token",
+                "create",
+                "--config",
+                &config,
+                "--project",
+                "beta",
+                "--name",
+                "ci",
+            ],
+        )
         .await;
     assert_eq!(ci.code, 0, "{ci}");
 
     // Trigger, then follow the run through `ferry runs show --json` until it succeeds.
     let out = server
-        .ferry(Some(&token), &["trigger", "alpha", "quick", "--param", "greeting=hi there", "--json"])
+        .ferry(
+            Some(&token),
+            &[
+                "trigger",
+                "alpha",
+                "quick",
+                "--param",
+                "greeting=hi there",
+                "--json",
+            ],
+        )
         .await;
     assert_eq!(out.code, 0, "{out}");
     let run: Value = serde_json::from_str(&out.stdout).expect("JSON");
@@ -1007,48 +1257,101 @@ async fn the_cli_triggers_a_run_that_succeeds_on_the_local_executor_and_manages_
     assert_eq!(states, ["succeeded", "succeeded"]);
     assert_eq!(run["metrics"]["values"][0]["value"], 0.9);
     let log = std::fs::read_to_string(
-        server.dir.path().join(format!("data/runs/{id}/logs/hello.log")),
+        live.dir
+            .path()
+            .join(format!("data/runs/{id}/logs/hello.log")),
     )
     .expect("the step's log");
     assert!(log.contains("hi there"), "{log}");
 
     // Human output.
-    let shown = server.ferry(Some(&token), &["runs", "show", &id.to_string()]).await;
+    let shown = server
+        .ferry(Some(&token), &["runs", "show", &id.to_string()])
+        .await;
     assert_eq!(shown.code, 0, "{shown}");
-    assert!(shown.stdout.starts_with(&format!("run {id}  alpha/quick  succeeded")), "{shown}");
+    assert!(
+        shown
+            .stdout
+            .starts_with(&format!("run {id}  alpha/quick  succeeded")),
+        "{shown}"
+    );
     assert!(shown.stdout.contains("trigger   manual by me"), "{shown}");
-    assert!(shown.stdout.contains("STEP") && shown.stdout.contains("evaluate"), "{shown}");
+    assert!(
+        shown.stdout.contains("STEP") && shown.stdout.contains("evaluate"),
+        "{shown}"
+    );
     assert!(shown.stdout.contains("accuracy"), "{shown}");
     let listed = server.ferry(Some(&token), &["runs", "list"]).await;
     assert_eq!(listed.code, 0, "{listed}");
     let mut lines = listed.stdout.lines();
-    assert!(lines.next().unwrap_or_default().starts_with("ID  PROJECT  PIPELINE  STATE"), "{listed}");
-    assert!(lines.next().unwrap_or_default().starts_with(&format!("{id}   alpha    quick     succeeded")), "{listed}");
+    assert!(
+        lines
+            .next()
+            .unwrap_or_default()
+            .starts_with("ID  PROJECT  PIPELINE  STATE"),
+        "{listed}"
+    );
+    assert!(
+        lines
+            .next()
+            .unwrap_or_default()
+            .starts_with(&format!("{id}   alpha    quick     succeeded")),
+        "{listed}"
+    );
     let json_list = server
-        .ferry(Some(&token), &["runs", "list", "--project", "alpha", "--state", "succeeded", "--json"])
+        .ferry(
+            Some(&token),
+            &[
+                "runs",
+                "list",
+                "--project",
+                "alpha",
+                "--state",
+                "succeeded",
+                "--json",
+            ],
+        )
         .await;
     let page: Value = serde_json::from_str(&json_list.stdout).expect("JSON");
     assert_eq!(page["runs"][0]["id"], id);
 
     // Rerun, then cancel a slow run while it runs.
-    let rerun = server.ferry(Some(&token), &["runs", "rerun", &id.to_string()]).await;
+    let rerun = server
+        .ferry(Some(&token), &["runs", "rerun", &id.to_string()])
+        .await;
     assert_eq!(rerun.code, 0, "{rerun}");
-    assert!(rerun.stdout.contains(&format!("(rerun of run {id})")), "{rerun}");
+    assert!(
+        rerun.stdout.contains(&format!("(rerun of run {id})")),
+        "{rerun}"
+    );
     let failed_only = server
-        .ferry(Some(&token), &["runs", "rerun", &id.to_string(), "--failed"])
+        .ferry(
+            Some(&token),
+            &["runs", "rerun", &id.to_string(), "--failed"],
+        )
         .await;
     assert_eq!(failed_only.code, 1, "{failed_only}");
-    assert!(failed_only.stderr.contains("the server refused (409)"), "{failed_only}");
+    assert!(
+        failed_only.stderr.contains("the server refused (409)"),
+        "{failed_only}"
+    );
     let slow = server
-        .ferry(Some(&token), &["trigger", "alpha", "slow", "--ref", "main", "--json"])
+        .ferry(
+            Some(&token),
+            &["trigger", "alpha", "slow", "--ref", "main", "--json"],
+        )
         .await;
     let slow_id = serde_json::from_str::<Value>(&slow.stdout).expect("JSON")["id"]
         .as_i64()
         .expect("id");
     server
-        .show_until(&token, slow_id, "running", |r| r["steps"][0]["state"] == "running")
+        .show_until(&token, slow_id, "running", |r| {
+            r["steps"][0]["state"] == "running"
+        })
         .await;
-    let cancel = server.ferry(Some(&token), &["runs", "cancel", &slow_id.to_string()]).await;
+    let cancel = server
+        .ferry(Some(&token), &["runs", "cancel", &slow_id.to_string()])
+        .await;
     assert_eq!(cancel.code, 0, "{cancel}");
     let cancelled = server
         .show_until(&token, slow_id, "cancelled", |r| r["state"] == "cancelled")
@@ -1057,12 +1360,20 @@ async fn the_cli_triggers_a_run_that_succeeds_on_the_local_executor_and_manages_
 
     // Refusals: exit 1 with the server's message; a project token elsewhere; no token.
     let bad = server
-        .ferry(Some(&token), &["trigger", "alpha", "quick", "--param", "nope=1"])
+        .ferry(
+            Some(&token),
+            &["trigger", "alpha", "quick", "--param", "nope=1"],
+        )
         .await;
     assert_eq!(bad.code, 1, "{bad}");
-    assert!(bad.stderr.contains("the server refused (422)") && bad.stderr.contains("params.nope"), "{bad}");
+    assert!(
+        bad.stderr.contains("the server refused (422)") && bad.stderr.contains("params.nope"),
+        "{bad}"
+    );
     let ci_token = ci.stdout.trim();
-    let other = server.ferry(Some(ci_token), &["runs", "show", &id.to_string()]).await;
+    let other = server
+        .ferry(Some(ci_token), &["runs", "show", &id.to_string()])
+        .await;
     assert_eq!(other.code, 1, "{other}");
     assert!(other.stderr.contains("(403)"), "{other}");
     let anonymous = server.ferry(None, &["runs", "list"]).await;
@@ -1070,21 +1381,136 @@ async fn the_cli_triggers_a_run_that_succeeds_on_the_local_executor_and_manages_
     assert!(anonymous.stderr.contains("set FERRY_TOKEN"), "{anonymous}");
 
     // Tokens listed (with last use), revoked by name, then refused.
-    let tokens = server.ferry(None, &["token", "list", "--config", &config, "--json"]).await;
+    let tokens = server
+        .ferry(None, &["token", "list", "--config", &config, "--json"])
+        .await;
     let tokens: Value = serde_json::from_str(&tokens.stdout).expect("JSON");
     assert_eq!(tokens[0]["name"], "me");
     assert!(tokens[0]["last_used_at"].is_string(), "{tokens}");
     assert_eq!(tokens[1]["scope"], "project");
     assert_eq!(tokens[1]["project"], "beta");
-    let revoked = server.ferry(None, &["token", "revoke", "ci", "--config", &config]).await;
+    let revoked = server
+        .ferry(None, &["token", "revoke", "ci", "--config", &config])
+        .await;
     assert_eq!(revoked.code, 0, "{revoked}");
     let after = server.ferry(Some(ci_token), &["runs", "list"]).await;
-    assert!(after.stderr.contains("(401)") && after.stderr.contains("unknown or revoked token"), "{after}");
+    assert!(
+        after.stderr.contains("(401)") && after.stderr.contains("unknown or revoked token"),
+        "{after}"
+    );
 
     // Not reaching a server at all is exit 2, naming it.
-    let mut nowhere = server.ferry(Some(&token), &["runs", "list", "--server", "http://127.0.0.1:9"]).await;
+    let mut nowhere = server
+        .ferry(
+            Some(&token),
+            &["runs", "list", "--server", "http://127.0.0.1:9"],
+        )
+        .await;
     nowhere.stderr = nowhere.stderr.trim().to_owned();
     assert_eq!(nowhere.code, 2, "{nowhere}");
-    assert!(nowhere.stderr.contains("cannot reach the ferry server at http://127.0.0.1:9"), "{nowhere}");
-    server.stop().await;
+    assert!(
+        nowhere
+            .stderr
+            .contains("cannot reach the ferry server at http://127.0.0.1:9"),
+        "{nowhere}"
+    );
+    live.stop().await;
+}
+
+/// The README's quick start: `ferry serve` on its embedded defaults, then `ferry token create`
+/// in the same directory (no config: the same `ferry.db`) and `ferry trigger demo demo`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_quick_start_runs_the_demo_again_through_the_api() {
+    let dir = TempDir::new("api-readme");
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Serve(Some(
+        Command::new(env!("CARGO_BIN_EXE_ferry-under-test"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env_remove("FERRY_DATABASE_URL")
+            .env_remove("FERRY_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ferry serve starts"),
+    ));
+    let serve_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let text = serve_log();
+        if let Some(rest) = text.split("listening listen=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not listening after 30 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cli = Cli {
+        dir: dir.path().to_path_buf(),
+        url: format!("http://{addr}"),
+    };
+    let created = cli
+        .ferry(None, &["token", "create", "--admin", "--name", "me"])
+        .await;
+    assert_eq!(created.code, 0, "{created}");
+    let token = created.stdout.trim().to_owned();
+    let scoped = cli
+        .ferry(
+            None,
+            &["token", "create", "--project", "demo", "--name", "demo-ci"],
+        )
+        .await;
+    assert_eq!(
+        scoped.code, 0,
+        "the demo project is known without a config: {scoped}"
+    );
+    let out = cli
+        .ferry(
+            Some(&token),
+            &["trigger", "demo", "demo", "--param", "epochs=1", "--json"],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out}\n{}", serve_log());
+    let id = serde_json::from_str::<Value>(&out.stdout).expect("JSON")["id"]
+        .as_i64()
+        .expect("id");
+    let run = cli
+        .show_until(&token, id, "finished", |r| {
+            ["succeeded", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", serve_log());
+    assert_eq!(run["triggered_by"], "me");
+    let mut serve = child.0.take().expect("running");
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || serve.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        status.success(),
+        "graceful shutdown: {status}\n{}",
+        serve_log()
+    );
+}
+
+/// A `ferry serve` process, killed if the test ends before stopping it.
+struct Serve(Option<std::process::Child>);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -31,15 +31,15 @@ mod runs;
 pub mod schema;
 pub mod states;
 mod steps;
-mod tokens;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_tokens;
 #[cfg(test)]
 mod tests_forge;
 #[cfg(test)]
 mod tests_runs;
+#[cfg(test)]
+mod tests_tokens;
+mod tokens;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -58,7 +58,9 @@ pub use outbox::{OUTBOX_RUN, OUTBOX_STEP, OutboxItem};
 pub use runs::{NewRun, Page, Run, RunFilter, RunPage};
 pub use states::{EventState, RunState, StepState};
 pub use steps::{Step, StepChange};
-pub use tokens::{ApiToken, LAST_USE_RESOLUTION_MS, TOKEN_PREFIX, TokenId, TokenScope, TokenSecret};
+pub use tokens::{
+    ApiToken, LAST_USE_RESOLUTION_MS, TOKEN_PREFIX, TokenId, TokenScope, TokenSecret,
+};
 
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = i64;

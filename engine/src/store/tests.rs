@@ -441,7 +441,10 @@ async fn migrations_are_idempotent_and_survive_concurrent_starts() {
         let (a, b) = (a.expect("open a"), b.expect("open b"));
         assert_eq!(
             schema::applied_versions(&a).await.expect("versions"),
-            schema::MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
+            schema::MIGRATIONS
+                .iter()
+                .map(|m| m.version)
+                .collect::<Vec<_>>()
         );
         assert_eq!(
             schema::migrate(&a).await.expect("again"),
@@ -452,7 +455,10 @@ async fn migrations_are_idempotent_and_survive_concurrent_starts() {
         let c = Store::open(&url).await.expect("open c");
         assert_eq!(
             schema::applied_versions(&c).await.expect("versions"),
-            schema::MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
+            schema::MIGRATIONS
+                .iter()
+                .map(|m| m.version)
+                .collect::<Vec<_>>()
         );
         c.close().await;
         TestDb {

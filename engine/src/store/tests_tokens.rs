@@ -31,10 +31,22 @@ async fn tokens_are_stored_hashed_and_found_by_their_value_only() {
             .await
             .expect("auth")
             .expect("known token");
-        assert_eq!((found.id, found.scope.clone()), (admin.id, TokenScope::Admin));
+        assert_eq!(
+            (found.id, found.scope.clone()),
+            (admin.id, TokenScope::Admin)
+        );
         assert!(found.last_used_at.is_some(), "use is recorded");
-        for wrong in ["", "ferry_", &value[..value.len() - 1], &value.to_uppercase()] {
-            assert_eq!(s.authenticate_token(wrong).await.expect("auth"), None, "{wrong:?}");
+        for wrong in [
+            "",
+            "ferry_",
+            &value[..value.len() - 1],
+            &value.to_uppercase(),
+        ] {
+            assert_eq!(
+                s.authenticate_token(wrong).await.expect("auth"),
+                None,
+                "{wrong:?}"
+            );
         }
         let (other, other_secret) = s
             .create_token("ci", &TokenScope::Project("resnet".into()))
@@ -126,7 +138,11 @@ async fn last_use_is_written_at_most_once_a_minute() {
         };
         set(first - 30_000).await;
         s.authenticate_token(secret.expose()).await.expect("auth");
-        assert_eq!(stored().await, first - 30_000, "not rewritten within a minute");
+        assert_eq!(
+            stored().await,
+            first - 30_000,
+            "not rewritten within a minute"
+        );
         set(first - LAST_USE_RESOLUTION_MS - 1_000).await;
         s.authenticate_token(secret.expose()).await.expect("auth");
         assert!(stored().await >= first, "rewritten after a minute");
@@ -139,7 +155,10 @@ async fn runs_remember_who_triggered_them() {
     for db in backends("runs_triggered_by").await {
         let s = &db.store;
         let (by_api, _) = s
-            .create_run_by(&new_run("resnet", "train", &"a".repeat(40), None), Some("me"))
+            .create_run_by(
+                &new_run("resnet", "train", &"a".repeat(40), None),
+                Some("me"),
+            )
             .await
             .expect("create");
         let (by_event, _) = s

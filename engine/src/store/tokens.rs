@@ -149,12 +149,11 @@ impl Store {
         };
         let now = now_millis();
         let id = write_tx!(self, |tx| {
-            let taken: Option<(i64,)> = sqlx::query_as(
-                "SELECT id FROM api_tokens WHERE name = $1 AND revoked_at IS NULL",
-            )
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let taken: Option<(i64,)> =
+                sqlx::query_as("SELECT id FROM api_tokens WHERE name = $1 AND revoked_at IS NULL")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if taken.is_some() {
                 return Err(StoreError::Duplicate {
                     entity: "token",
@@ -196,9 +195,9 @@ impl Store {
             let row = sqlx::query(select_tokens!(
                 "WHERE token_hash = $1 AND revoked_at IS NULL"
             ))
-                .bind(&hash)
-                .fetch_optional(pool)
-                .await?;
+            .bind(&hash)
+            .fetch_optional(pool)
+            .await?;
             row.as_ref().map(token_from_row).transpose()?
         });
         let Some(mut token) = found else {
@@ -241,12 +240,11 @@ impl Store {
         let now = now_millis();
         let id = name_or_id.parse::<i64>().ok();
         let revoked = write_tx!(self, |tx| {
-            let by_name: Option<(i64,)> = sqlx::query_as(
-                "SELECT id FROM api_tokens WHERE name = $1 AND revoked_at IS NULL",
-            )
-            .bind(name_or_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let by_name: Option<(i64,)> =
+                sqlx::query_as("SELECT id FROM api_tokens WHERE name = $1 AND revoked_at IS NULL")
+                    .bind(name_or_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let by_id: Option<(i64,)> = match (by_name, id) {
                 (Some(found), _) => Some(found),
                 (None, Some(id)) => {

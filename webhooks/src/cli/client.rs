@@ -66,7 +66,11 @@ impl Client {
     }
 
     /// `POST path` with a JSON body.
-    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<Answer<T>> {
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Answer<T>> {
         self.send(self.http.post(self.url(path)).json(body))
     }
 
@@ -89,11 +93,15 @@ impl Client {
             .bytes()
             .with_context(|| format!("reading the answer of {}", self.base))?;
         if status.is_success() {
-            let value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("the server's answer is not what ferry expects ({status})"))?;
+            let value = serde_json::from_slice(&bytes).with_context(|| {
+                format!("the server's answer is not what ferry expects ({status})")
+            })?;
             return Ok(Answer::Ok(value));
         }
-        Ok(Answer::Refused(status.as_u16(), refusal(status.as_u16(), &bytes, self.token.is_some())))
+        Ok(Answer::Refused(
+            status.as_u16(),
+            refusal(status.as_u16(), &bytes, self.token.is_some()),
+        ))
     }
 }
 
@@ -170,10 +178,7 @@ mod tests {
                 vec!["12".into(), "failed".into(), "me".into()],
             ],
         );
-        assert_eq!(
-            text,
-            "ID  STATE      BY\n1   succeeded\n12  failed     me"
-        );
+        assert_eq!(text, "ID  STATE      BY\n1   succeeded\n12  failed     me");
     }
 
     #[test]

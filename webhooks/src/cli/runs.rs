@@ -16,9 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::client::{Answer, Client, ServerArgs, print_json, table};
-use crate::server::api::types::{
-    RerunRequest, RunDetail, RunList, RunSummary, TriggerRequest,
-};
+use crate::server::api::types::{RerunRequest, RunDetail, RunList, RunSummary, TriggerRequest};
 
 /// `ferry runs ...`.
 #[derive(Debug, Subcommand)]
@@ -115,9 +113,13 @@ pub fn runs(command: RunsCommand) -> Result<ExitCode> {
         RunsCommand::List(args) => list(args),
         RunsCommand::Show { id, out } => {
             let client = Client::new(&out.server)?;
-            finish(client.get::<RunDetail>(&format!("/api/v1/runs/{id}"))?, &out, |d| {
-                println!("{}", show_text(d));
-            })
+            finish(
+                client.get::<RunDetail>(&format!("/api/v1/runs/{id}"))?,
+                &out,
+                |d| {
+                    println!("{}", show_text(d));
+                },
+            )
         }
         RunsCommand::Rerun { id, failed, out } => {
             let client = Client::new(&out.server)?;
@@ -154,16 +156,20 @@ pub fn trigger(args: TriggerArgs) -> Result<ExitCode> {
         params,
     };
     let client = Client::new(&args.out.server)?;
-    finish(client.post("/api/v1/runs", &body)?, &args.out, |r: &RunSummary| {
-        println!(
-            "run {} queued: {}/{} at {} ({})",
-            r.id,
-            r.project,
-            r.pipeline,
-            short(&r.sha),
-            r.git_ref
-        );
-    })
+    finish(
+        client.post("/api/v1/runs", &body)?,
+        &args.out,
+        |r: &RunSummary| {
+            println!(
+                "run {} queued: {}/{} at {} ({})",
+                r.id,
+                r.project,
+                r.pipeline,
+                short(&r.sha),
+                r.git_ref
+            );
+        },
+    )
 }
 
 fn list(args: ListArgs) -> Result<ExitCode> {
@@ -266,7 +272,10 @@ fn list_text(runs: &[RunSummary]) -> String {
                 trigger_word(r.trigger),
                 where_(r),
                 short(&r.sha).to_owned(),
-                r.created_at.get(..19).unwrap_or(&r.created_at).replace('T', " "),
+                r.created_at
+                    .get(..19)
+                    .unwrap_or(&r.created_at)
+                    .replace('T', " "),
                 r.duration_ms.map(duration).unwrap_or_default(),
                 r.triggered_by.clone().unwrap_or_default(),
             ]
@@ -274,8 +283,16 @@ fn list_text(runs: &[RunSummary]) -> String {
         .collect();
     table(
         &[
-            "ID", "PROJECT", "PIPELINE", "STATE", "TRIGGER", "REF", "SHA", "CREATED (UTC)",
-            "DURATION", "BY",
+            "ID",
+            "PROJECT",
+            "PIPELINE",
+            "STATE",
+            "TRIGGER",
+            "REF",
+            "SHA",
+            "CREATED (UTC)",
+            "DURATION",
+            "BY",
         ],
         &rows,
     )
@@ -283,7 +300,10 @@ fn list_text(runs: &[RunSummary]) -> String {
 
 fn show_text(d: &RunDetail) -> String {
     let r = &d.run;
-    let mut lines = vec![format!("run {}  {}/{}  {}", r.id, r.project, r.pipeline, r.state)];
+    let mut lines = vec![format!(
+        "run {}  {}/{}  {}",
+        r.id, r.project, r.pipeline, r.state
+    )];
     let mut field = |name: &str, value: String| lines.push(format!("{name:<10}{value}"));
     let mut trigger = trigger_word(r.trigger);
     if let Some(by) = &r.triggered_by {
@@ -321,7 +341,10 @@ fn show_text(d: &RunDetail) -> String {
         field("argo", link.clone());
     }
     for p in &d.problems {
-        lines.push(format!("problem   {}:{}:{}: {}: {}", p.file, p.line, p.column, p.path, p.message));
+        lines.push(format!(
+            "problem   {}:{}:{}: {}: {}",
+            p.file, p.line, p.column, p.path, p.message
+        ));
     }
     let steps: Vec<Vec<String>> = d
         .steps
@@ -339,7 +362,10 @@ fn show_text(d: &RunDetail) -> String {
     let mut out = lines.join("\n");
     if !steps.is_empty() {
         out.push_str("\n\n");
-        out.push_str(&table(&["STEP", "STATE", "ATTEMPTS", "DURATION", "MESSAGE"], &steps));
+        out.push_str(&table(
+            &["STEP", "STATE", "ATTEMPTS", "DURATION", "MESSAGE"],
+            &steps,
+        ));
     }
     if !d.metrics.values.is_empty() {
         out.push_str("\n\n");

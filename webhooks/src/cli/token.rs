@@ -76,7 +76,12 @@ pub fn token(command: TokenCommand) -> Result<ExitCode> {
 async fn open(config: Option<PathBuf>) -> Result<(Vec<String>, Store)> {
     let loaded =
         crate::server::load_config(config.as_deref(), std::env::var("FERRY_DATABASE_URL").ok())?;
-    let mut projects: Vec<String> = loaded.config.projects.iter().map(|p| p.name.clone()).collect();
+    let mut projects: Vec<String> = loaded
+        .config
+        .projects
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
     if loaded.embedded {
         projects.push(crate::server::demo::PROJECT.to_owned());
     }
@@ -137,7 +142,10 @@ async fn list(config: Option<PathBuf>, as_json: bool) -> Result<ExitCode> {
         println!("no tokens");
         return Ok(ExitCode::SUCCESS);
     }
-    let time = |t: Option<i64>| t.map(|t| rfc3339(t)[..19].replace('T', " ")).unwrap_or_default();
+    let time = |t: Option<i64>| {
+        t.map(|t| rfc3339(t)[..19].replace('T', " "))
+            .unwrap_or_default()
+    };
     let rows: Vec<Vec<String>> = tokens
         .iter()
         .map(|t| {
@@ -154,7 +162,14 @@ async fn list(config: Option<PathBuf>, as_json: bool) -> Result<ExitCode> {
     println!(
         "{}",
         table(
-            &["ID", "NAME", "SCOPE", "CREATED (UTC)", "LAST USED", "REVOKED"],
+            &[
+                "ID",
+                "NAME",
+                "SCOPE",
+                "CREATED (UTC)",
+                "LAST USED",
+                "REVOKED"
+            ],
             &rows
         )
     );

@@ -82,7 +82,10 @@ impl FromRequestParts<AppState> for Writer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        bearer_token(parts, state).await?.map(Writer).ok_or_else(missing)
+        bearer_token(parts, state)
+            .await?
+            .map(Writer)
+            .ok_or_else(missing)
     }
 }
 
@@ -106,7 +109,11 @@ async fn bearer_token(parts: &Parts, state: &AppState) -> Result<Option<ApiToken
         .map_err(|_| unauthorized("the Authorization header is not text"))?;
     let token = match text.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err(unauthorized("the Authorization header must be `Bearer <token>`")),
+        _ => {
+            return Err(unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ));
+        }
     };
     match state.store.authenticate_token(token).await? {
         Some(found) => Ok(Some(found)),

@@ -27,8 +27,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use self::error::ApiError;
 use self::types::{
-    ErrorCode, RerunQuery, RerunRequest, RunDetail, RunList, RunQuery, RunSummary,
-    TriggerRequest,
+    ErrorCode, RerunQuery, RerunRequest, RunDetail, RunList, RunQuery, RunSummary, TriggerRequest,
 };
 use crate::server::AppState;
 
@@ -147,7 +146,9 @@ fn api_endpoints() -> Vec<Endpoint> {
             access: Access::Write,
             path_params: &[],
             query: None,
-            body: Some(Content::Json(SchemaGenerator::subschema_for::<TriggerRequest>)),
+            body: Some(Content::Json(
+                SchemaGenerator::subschema_for::<TriggerRequest>,
+            )),
             answers: vec![json::<RunSummary>(201, "The new run, queued.")],
             errors: &[400, 401, 403, 422, 502],
             handler: Some(|| post(runs::trigger)),
@@ -175,7 +176,9 @@ fn api_endpoints() -> Vec<Endpoint> {
             access: Access::Write,
             path_params: RUN_ID,
             query: Some(<RerunQuery as JsonSchema>::json_schema),
-            body: Some(Content::Json(SchemaGenerator::subschema_for::<RerunRequest>)),
+            body: Some(Content::Json(
+                SchemaGenerator::subschema_for::<RerunRequest>,
+            )),
             answers: vec![json::<RunSummary>(201, "The new run, queued.")],
             errors: &[400, 401, 403, 404, 409, 422],
             handler: Some(|| post(runs::rerun)),
@@ -229,16 +232,19 @@ fn server_endpoints() -> Vec<Endpoint> {
         access: Access::WebhookSecret,
         path_params: &[],
         query: None,
-        body: Some(Content::Json(|_| {
-            schemars::json_schema!({"type": "object", "description": "The forge's payload."})
-        })),
+        body: Some(Content::Json(
+            |_| schemars::json_schema!({"type": "object", "description": "The forge's payload."}),
+        )),
         answers: vec![
             text(200, "A redelivery: nothing new was stored."),
             text(202, "Stored (or valid and ignored)."),
             text(400, "Malformed."),
             text(401, "A wrong or missing secret: nothing was stored."),
             text(413, "The body is too large."),
-            text(503, "The database failed: nothing was stored, the forge retries."),
+            text(
+                503,
+                "The database failed: nothing was stored, the forge retries.",
+            ),
         ],
         errors: &[],
         handler: None,
@@ -278,7 +284,10 @@ fn server_endpoints() -> Vec<Endpoint> {
             "/readyz",
             "readyz",
             "Readiness: the database and the executor answer",
-            vec![text(200, "Ready."), text(503, "The database or the executor is unreachable.")],
+            vec![
+                text(200, "Ready."),
+                text(503, "The database or the executor is unreachable."),
+            ],
         ),
         probe(
             "/metrics",
@@ -308,10 +317,7 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/api/{*rest}",
             any(|| async {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    "no such route (see /api/openapi.json)",
-                )
+                ApiError::new(ErrorCode::NotFound, "no such route (see /api/openapi.json)")
             }),
         )
 }
@@ -356,7 +362,10 @@ mod tests {
             .iter()
             .map(|e| (e.method.as_str().to_owned(), e.path.to_owned()))
             .collect();
-        assert_eq!(wired, documented, "server::router and server_endpoints() differ");
+        assert_eq!(
+            wired, documented,
+            "server::router and server_endpoints() differ"
+        );
         assert!(api_endpoints().iter().all(|e| e.handler.is_some()));
         assert!(server_endpoints().iter().all(|e| e.handler.is_none()));
     }

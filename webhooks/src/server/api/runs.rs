@@ -15,8 +15,7 @@ use serde_json::Value;
 use super::auth::{Caller, Reader, Writer};
 use super::error::{ApiError, ApiJson, ApiQuery, RunPath, detail};
 use super::types::{
-    ErrorCode, RerunQuery, RerunRequest, RunDetail, RunList, RunQuery, RunSummary,
-    TriggerRequest,
+    ErrorCode, RerunQuery, RerunRequest, RunDetail, RunList, RunQuery, RunSummary, TriggerRequest,
 };
 use crate::server::AppState;
 
@@ -56,7 +55,10 @@ pub async fn list(
         )
         .on_field("limit"));
     }
-    let page = state.store.list_runs(&filter, Page { before, limit }).await?;
+    let page = state
+        .store
+        .list_runs(&filter, Page { before, limit })
+        .await?;
     let now = now_millis();
     Ok(Json(RunList {
         runs: page.runs.iter().map(|r| RunSummary::of(r, now)).collect(),
@@ -65,13 +67,16 @@ pub async fn list(
 }
 
 fn parse_cursor(text: &str) -> Result<RunId, ApiError> {
-    text.parse::<i64>().ok().and_then(RunId::new).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!("cursor `{text}` is not one this server gave"),
-        )
-        .on_field("cursor")
-    })
+    text.parse::<i64>()
+        .ok()
+        .and_then(RunId::new)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("cursor `{text}` is not one this server gave"),
+            )
+            .on_field("cursor")
+        })
 }
 
 /// `GET /api/v1/runs/{id}`.
@@ -130,7 +135,10 @@ fn param_texts(params: &BTreeMap<String, Value>) -> Result<Vec<(String, String)>
     if bad.is_empty() {
         Ok(out)
     } else {
-        Err(ApiError::new(ErrorCode::ValidationFailed, "invalid parameter values").with_details(bad))
+        Err(
+            ApiError::new(ErrorCode::ValidationFailed, "invalid parameter values")
+                .with_details(bad),
+        )
     }
 }
 
@@ -213,7 +221,11 @@ pub async fn cancel(
         CancelOutcome::Cancelled => StatusCode::OK,
         CancelOutcome::Requested => StatusCode::ACCEPTED,
     };
-    let now = state.store.get_run(id).await?.ok_or_else(|| not_found(id))?;
+    let now = state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok((status, Json(RunSummary::of(&now, now_millis()))))
 }
 
@@ -239,7 +251,11 @@ async fn cancel_run(state: &AppState, run: &Run, reason: &str) -> Result<CancelO
 
 /// Run `id`, if it exists (`404`) and the caller may act on its project (`403`).
 async fn existing(state: &AppState, caller: &Caller, id: RunId) -> Result<Run, ApiError> {
-    let run = state.store.get_run(id).await?.ok_or_else(|| not_found(id))?;
+    let run = state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     caller.check(&run.project)?;
     Ok(run)
 }
@@ -249,7 +265,11 @@ fn not_found(id: RunId) -> ApiError {
 }
 
 async fn created(state: &AppState, id: RunId) -> Result<Created, ApiError> {
-    let run = state.store.get_run(id).await?.ok_or_else(|| not_found(id))?;
+    let run = state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/runs/{id}")) {
         headers.insert(header::LOCATION, location);
