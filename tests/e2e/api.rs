@@ -520,7 +520,12 @@ async fn dashboard_public_opens_reads_but_not_writes() {
     assert_eq!(cancel.status, 401);
     let wrong = h.get("/api/v1/runs", Some("ferry_wrong")).await;
     assert_eq!(wrong.status, 401, "a token that is given is checked");
-    // A project token still cannot write elsewhere.
+    // A valid token does not narrow what anyone may read...
+    let read = h.get(&format!("/api/v1/runs/{id}"), Some(&h.alpha)).await;
+    assert_eq!(read.status, 200);
+    let listed = h.get("/api/v1/runs", Some(&h.alpha)).await;
+    assert_eq!(listed.json["runs"][0]["project"], "beta");
+    // ...but a project token still cannot write elsewhere.
     let rerun = h
         .post(
             &format!("/api/v1/runs/{id}/rerun"),
