@@ -2,21 +2,19 @@
 //!
 //! Most tests drive the real router in process (`tower::ServiceExt::oneshot`) over a real SQLite
 //! store and a real git repository, with no dispatcher running, so that runs stay where the test
-//! put them. The last ones start the whole server (`serve_with` on 127.0.0.1) and use the `ferry`
-//! binary as a person would: `ferry token create`, `ferry trigger`, `ferry runs ...`, with a run
-//! executed for real by the local executor.
+//! put them. `cli` starts the whole server and uses the `ferry` binary as a person would: `ferry
+//! token create`, `ferry trigger`, `ferry runs ...`, with runs executed for real by the local
+//! executor.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use ferry::server::metrics::Metrics;
-use ferry::server::{AppState, Loaded, router};
+use ferry::server::{AppState, router};
 use ferry_engine::config::Config;
 use ferry_engine::event::{Actor, BranchChange, BranchPush, Event, ForgeKind, RepoIdentity};
 use ferry_engine::executor::local::{LocalExecutor, LocalSettings};
@@ -32,6 +30,8 @@ use ferry_tests::TempDir;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tower::ServiceExt;
+
+mod cli;
 
 const QUICK: &str = r#"version: 1
 name: quick
@@ -504,7 +504,12 @@ async fn dashboard_public_opens_reads_but_not_writes() {
     assert_eq!(cancel.status, 401);
     let wrong = h.get("/api/v1/runs", Some("ferry_wrong")).await;
     assert_eq!(wrong.status, 401, "a token that is given is checked");
-    // A project token still cannot write elsewhere.
+    // A valid token does not narrow what anyone may read...
+    let read = h.get(&format!("/api/v1/runs/{id}"), Some(&h.alpha)).await;
+    assert_eq!(read.status, 200);
+    let listed = h.get("/api/v1/runs", Some(&h.alpha)).await;
+    assert_eq!(listed.json["runs"][0]["project"], "beta");
+    // ...but a project token still cannot write elsewhere.
     let rerun = h
         .post(
             &format!("/api/v1/runs/{id}/rerun"),
@@ -1017,372 +1022,4 @@ async fn cancelling_a_queued_run_cancels_it_and_its_steps_and_finished_runs_refu
             .status,
         404
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// The CLI client against a whole server
-// ---------------------------------------------------------------------------------------------
-
-/// `ferry serve` in process on 127.0.0.1, with its config file on disk for `ferry token`.
-struct Live {
-    url: String,
-    config: PathBuf,
-    dir: TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _repo: TempDir,
-}
-
-async fn live() -> Live {
-    let repo = TempDir::new("api-live-upstream");
-    upstream(repo.path());
-    let dir = TempDir::new("api-live");
-    let yaml = config_yaml(dir.path(), repo.path(), "");
-    let config = dir.write("ferry.yaml", &yaml);
-    let loaded = Loaded {
-        config: Config::from_yaml("ferry.yaml", &yaml).expect("config"),
-        profile: Profile::default(),
-        source: "test".into(),
-        embedded: false,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ferry::server::serve_with(
-        loaded,
-        Secrets::new(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Live {
-        url,
-        config,
-        dir,
-        stop: Some(stop),
-        task,
-        _repo: repo,
-    }
-}
-
-impl Live {
-    /// Runs `ferry ARGS` with `FERRY_SERVER` at this server and `FERRY_TOKEN` as given.
-    async fn ferry(&self, token: Option<&str>, args: &[&str]) -> ferry_tests::Run {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-under-test"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("FERRY_SERVER", &self.url)
-            .env_remove("FERRY_DATABASE_URL")
-            .env_remove("FERRY_TOKEN");
-        if let Some(token) = token {
-            command.env("FERRY_TOKEN", token);
-        }
-        let cmdline = format!("ferry {}", args.join(" "));
-        let output = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .expect("join")
-            .expect("ferry runs");
-        ferry_tests::Run {
-            cmdline,
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// `ferry runs show ID --json`, until `done` says so (at most a minute).
-    async fn show_until(
-        &self,
-        token: &str,
-        id: i64,
-        what: &str,
-        done: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self
-                .ferry(Some(token), &["runs", "show", &id.to_string(), "--json"])
-                .await;
-            assert_eq!(out.code, 0, "{out}");
-            let run: Value = serde_json::from_str(&out.stdout).expect("JSON");
-            if done(&run) {
-                return run;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run {id} not {what} within a minute: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task)
-            .await
-            .expect("join")
-            .expect("clean shutdown");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_triggers_a_run_that_succeeds_on_the_local_executor_and_manages_it() {
-    let server = live().await;
-    let config = server.config.display().to_string();
-
-    // Tokens through the CLI, on the server's database.
-    let created = server
-        .ferry(
-            None,
-            &[
-                "token", "create", "--config", &config, "--admin", "--name", "me",
-            ],
-        )
-        .await;
-    assert_eq!(created.code, 0, "{created}");
-    let token = created.stdout.trim().to_owned();
-    assert_eq!(
-        created.stdout.lines().count(),
-        1,
-        "the token alone: {created}"
-    );
-    assert!(token.starts_with("ferry_"), "{created}");
-    let unknown = server
-        .ferry(
-            None,
-            &[
-                "token",
-                "create",
-                "--config",
-                &config,
-                "--project",
-                "gamma",
-                "--name",
-                "x",
-            ],
-        )
-        .await;
-    assert_eq!(unknown.code, 2, "{unknown}");
-    assert!(
-        unknown
-            .stderr
-            .contains("--project `gamma` is not configured (projects: alpha, beta)"),
-        "{unknown}"
-    );
-    let ci = server
-        .ferry(
-            None,
-            &[
-                "token",
-                "create",
-                "--config",
-                &config,
-                "--project",
-                "beta",
-                "--name",
-                "ci",
-            ],
-        )
-        .await;
-    assert_eq!(ci.code, 0, "{ci}");
-
-    // Trigger, then follow the run through `ferry runs show --json` until it succeeds.
-    let out = server
-        .ferry(
-            Some(&token),
-            &[
-                "trigger",
-                "alpha",
-                "quick",
-                "--param",
-                "greeting=hi there",
-                "--json",
-            ],
-        )
-        .await;
-    assert_eq!(out.code, 0, "{out}");
-    let run: Value = serde_json::from_str(&out.stdout).expect("JSON");
-    let id = run["id"].as_i64().expect("id");
-    assert_eq!(run["triggered_by"], "me");
-    let run = server
-        .show_until(&token, id, "finished", |r| {
-            ["succeeded", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or(""))
-        })
-        .await;
-    assert_eq!(run["state"], "succeeded", "{run}");
-    assert_eq!(run["params"], json!({"greeting": "hi there"}));
-    let states: Vec<&str> = run["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["state"].as_str().expect("state"))
-        .collect();
-    assert_eq!(states, ["succeeded", "succeeded"]);
-    assert_eq!(run["metrics"]["values"][0]["value"], 0.9);
-    let log = std::fs::read_to_string(
-        server
-            .dir
-            .path()
-            .join(format!("data/runs/{id}/logs/hello.log")),
-    )
-    .expect("the step's log");
-    assert!(log.contains("hi there"), "{log}");
-
-    // Human output.
-    let shown = server
-        .ferry(Some(&token), &["runs", "show", &id.to_string()])
-        .await;
-    assert_eq!(shown.code, 0, "{shown}");
-    assert!(
-        shown
-            .stdout
-            .starts_with(&format!("run {id}  alpha/quick  succeeded")),
-        "{shown}"
-    );
-    assert!(shown.stdout.contains("trigger   manual by me"), "{shown}");
-    assert!(
-        shown.stdout.contains("STEP") && shown.stdout.contains("evaluate"),
-        "{shown}"
-    );
-    assert!(shown.stdout.contains("accuracy"), "{shown}");
-    let listed = server.ferry(Some(&token), &["runs", "list"]).await;
-    assert_eq!(listed.code, 0, "{listed}");
-    let mut lines = listed.stdout.lines();
-    assert!(
-        lines
-            .next()
-            .unwrap_or_default()
-            .starts_with("ID  PROJECT  PIPELINE  STATE"),
-        "{listed}"
-    );
-    assert!(
-        lines
-            .next()
-            .unwrap_or_default()
-            .starts_with(&format!("{id}   alpha    quick     succeeded")),
-        "{listed}"
-    );
-    let json_list = server
-        .ferry(
-            Some(&token),
-            &[
-                "runs",
-                "list",
-                "--project",
-                "alpha",
-                "--state",
-                "succeeded",
-                "--json",
-            ],
-        )
-        .await;
-    let page: Value = serde_json::from_str(&json_list.stdout).expect("JSON");
-    assert_eq!(page["runs"][0]["id"], id);
-
-    // Rerun, then cancel a slow run while it runs.
-    let rerun = server
-        .ferry(Some(&token), &["runs", "rerun", &id.to_string()])
-        .await;
-    assert_eq!(rerun.code, 0, "{rerun}");
-    assert!(
-        rerun.stdout.contains(&format!("(rerun of run {id})")),
-        "{rerun}"
-    );
-    let failed_only = server
-        .ferry(
-            Some(&token),
-            &["runs", "rerun", &id.to_string(), "--failed"],
-        )
-        .await;
-    assert_eq!(failed_only.code, 1, "{failed_only}");
-    assert!(
-        failed_only.stderr.contains("the server refused (409)"),
-        "{failed_only}"
-    );
-    let slow = server
-        .ferry(
-            Some(&token),
-            &["trigger", "alpha", "slow", "--ref", "main", "--json"],
-        )
-        .await;
-    let slow_id = serde_json::from_str::<Value>(&slow.stdout).expect("JSON")["id"]
-        .as_i64()
-        .expect("id");
-    server
-        .show_until(&token, slow_id, "running", |r| {
-            r["steps"][0]["state"] == "running"
-        })
-        .await;
-    let cancel = server
-        .ferry(Some(&token), &["runs", "cancel", &slow_id.to_string()])
-        .await;
-    assert_eq!(cancel.code, 0, "{cancel}");
-    let cancelled = server
-        .show_until(&token, slow_id, "cancelled", |r| r["state"] == "cancelled")
-        .await;
-    assert_eq!(cancelled["steps"][0]["state"], "cancelled", "{cancelled}");
-
-    // Refusals: exit 1 with the server's message; a project token elsewhere; no token.
-    let bad = server
-        .ferry(
-            Some(&token),
-            &["trigger", "alpha", "quick", "--param", "nope=1"],
-        )
-        .await;
-    assert_eq!(bad.code, 1, "{bad}");
-    assert!(
-        bad.stderr.contains("the server refused (422)") && bad.stderr.contains("params.nope"),
-        "{bad}"
-    );
-    let ci_token = ci.stdout.trim();
-    let other = server
-        .ferry(Some(ci_token), &["runs", "show", &id.to_string()])
-        .await;
-    assert_eq!(other.code, 1, "{other}");
-    assert!(other.stderr.contains("(403)"), "{other}");
-    let anonymous = server.ferry(None, &["runs", "list"]).await;
-    assert_eq!(anonymous.code, 1, "{anonymous}");
-    assert!(anonymous.stderr.contains("set FERRY_TOKEN"), "{anonymous}");
-
-    // Tokens listed (with last use), revoked by name, then refused.
-    let tokens = server
-        .ferry(None, &["token", "list", "--config", &config, "--json"])
-        .await;
-    let tokens: Value = serde_json::from_str(&tokens.stdout).expect("JSON");
-    assert_eq!(tokens[0]["name"], "me");
-    assert!(tokens[0]["last_used_at"].is_string(), "{tokens}");
-    assert_eq!(tokens[1]["scope"], "project");
-    assert_eq!(tokens[1]["project"], "beta");
-    let revoked = server
-        .ferry(None, &["token", "revoke", "ci", "--config", &config])
-        .await;
-    assert_eq!(revoked.code, 0, "{revoked}");
-    let after = server.ferry(Some(ci_token), &["runs", "list"]).await;
-    assert!(
-        after.stderr.contains("(401)") && after.stderr.contains("unknown or revoked token"),
-        "{after}"
-    );
-
-    // Not reaching a server at all is exit 2, naming it.
-    let mut nowhere = server
-        .ferry(
-            Some(&token),
-            &["runs", "list", "--server", "http://127.0.0.1:9"],
-        )
-        .await;
-    nowhere.stderr = nowhere.stderr.trim().to_owned();
-    assert_eq!(nowhere.code, 2, "{nowhere}");
-    assert!(
-        nowhere
-            .stderr
-            .contains("cannot reach the ferry server at http://127.0.0.1:9"),
-        "{nowhere}"
-    );
-    server.stop().await;
 }

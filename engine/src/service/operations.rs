@@ -10,20 +10,18 @@
 //! queues one run, not two. A run whose pipeline was invalid at its commit is never rerun: the
 //! same file would fail the same way.
 //!
-//! **Cancelling** ([`request_cancel`]): a run not yet handed to the executor (queued, waiting) is
-//! cancelled in the store at once, its pending steps with it; a submitted or running run is asked
-//! to stop through the executor, and the executor's observation of the stopped run finishes it in
-//! the store as usual. A finished run cannot be cancelled.
+//! **Cancelling** ([`Planner::cancel`]): a run not yet handed to the executor (queued, waiting) is
+//! cancelled in the store at once, its pending steps with it; a submitted or running run gets a
+//! durable cancel request that the dispatcher passes to the executor, and the executor's
+//! observation of the stopped run finishes it in the store as usual. A finished run cannot be
+//! cancelled.
 
 use crate::config::Config;
 use crate::event::{Actor, EventKind as ForgeEventKind, ForgeKind};
-use crate::executor::{CancelMode, ExecError, Executor};
 use crate::problem::Problem;
 use crate::service::planner::Planner;
 use crate::service::summary::{Links, lower_is_better, metrics_of};
-use crate::store::{
-    NewRun, Page, Run, RunFilter, RunId, RunState, Step, StepChange, StepState, Store, StoreError,
-};
+use crate::store::{NewRun, Page, Run, RunFilter, RunId, RunState, Step, Store, StoreError};
 
 /// How one metric compares with the baseline's.
 #[derive(
@@ -320,14 +318,7 @@ impl Planner {
     }
 }
 
-/// What [`request_cancel`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelOutcome {
-    /// The run had not reached the executor: it is cancelled in the store.
-    Cancelled,
-    /// The executor was asked to stop the run; its observation will finish it.
-    Requested,
-}
+pub use crate::store::CancelOutcome;
 
 /// Why a run could not be cancelled.
 #[derive(Debug, thiserror::Error)]
@@ -343,93 +334,33 @@ pub enum CancelError {
         /// Its final state.
         state: RunState,
     },
-    /// The executor could not be asked.
-    #[error("the executor could not cancel run {id}: {error}")]
-    Executor {
-        /// The run.
-        id: RunId,
-        /// What the executor said.
-        error: ExecError,
-    },
     /// The run kept changing state under every attempt; try again.
     #[error("run {0} kept changing state; try again")]
     Contended(RunId),
     /// The store failed.
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
 }
 
-/// Most compare-and-set attempts of one cancel (each re-reads the run).
-const CANCEL_ATTEMPTS: usize = 8;
-
-/// Cancels run `id` (see the module doc), recording `reason` as its message when the store
-/// cancels it.
-///
-/// This is the API's own minimal path; it is kept in this one function so that the dispatcher's
-/// cancel mechanism can take its place.
-pub async fn request_cancel(
-    store: &Store,
-    executor: &dyn Executor,
-    config: &Config,
-    id: RunId,
-    reason: &str,
-) -> Result<CancelOutcome, CancelError> {
-    for _ in 0..CANCEL_ATTEMPTS {
-        let run = store.get_run(id).await?.ok_or(CancelError::NotFound(id))?;
-        match run.state {
-            RunState::Succeeded | RunState::Failed | RunState::Cancelled => {
-                return Err(CancelError::Finished {
-                    id,
-                    state: run.state,
-                });
-            }
-            RunState::Queued | RunState::Waiting => {
-                match store
-                    .transition_run_with(id, run.state, RunState::Cancelled, Some(reason))
-                    .await
-                {
-                    Ok(()) => {
-                        cancel_pending_steps(store, id, reason).await?;
-                        tracing::info!(run = %id, reason, "run cancelled before submission");
-                        return Ok(CancelOutcome::Cancelled);
-                    }
-                    // Submitted (or finished) meanwhile: read it again.
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => return Err(e.into()),
+impl Planner {
+    /// Cancels run `id` (see the module doc) through the store, recording `reason` as its message:
+    /// a queued or waiting run is cancelled at once ([`CancelOutcome::Cancelled`]); a started
+    /// one gets a durable cancel request that the dispatcher passes to the executor
+    /// ([`CancelOutcome::Requested`]), woken now, and again after a restart if need be. The
+    /// same path serves `/ferry cancel`.
+    pub async fn cancel(&self, id: RunId, reason: &str) -> Result<CancelOutcome, CancelError> {
+        match self.store.request_cancel(id, reason).await {
+            Ok(CancelOutcome::Finished(state)) => Err(CancelError::Finished { id, state }),
+            Ok(outcome) => {
+                tracing::info!(run = %id, reason, ?outcome, "cancel requested");
+                if outcome == CancelOutcome::Requested {
+                    self.wake_dispatcher();
                 }
+                Ok(outcome)
             }
-            RunState::Submitted | RunState::Running => {
-                let namespace = config
-                    .project(&run.project)
-                    .and_then(|p| p.namespace.as_deref());
-                executor
-                    .cancel(id, namespace, CancelMode::Stop)
-                    .await
-                    .map_err(|error| CancelError::Executor { id, error })?;
-                tracing::info!(run = %id, reason, "run asked to stop");
-                return Ok(CancelOutcome::Requested);
-            }
+            Err(StoreError::NotFound { .. }) => Err(CancelError::NotFound(id)),
+            Err(StoreError::Conflict { .. }) => Err(CancelError::Contended(id)),
+            Err(e) => Err(CancelError::Store(e)),
         }
     }
-    Err(CancelError::Contended(id))
-}
-
-async fn cancel_pending_steps(store: &Store, id: RunId, reason: &str) -> Result<(), StoreError> {
-    for step in store.steps(id).await? {
-        if step.state.is_terminal() {
-            continue;
-        }
-        let change = StepChange {
-            message: Some(reason.to_owned()),
-            metrics: None,
-        };
-        match store
-            .transition_step(id, &step.name, step.state, StepState::Cancelled, &change)
-            .await
-        {
-            Ok(()) | Err(StoreError::Conflict { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

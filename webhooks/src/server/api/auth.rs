@@ -2,8 +2,8 @@
 //!
 //! Handlers name what they need by the extractor they take: [`Writer`] (every `POST`: a valid
 //! token, always) or [`Reader`] (every `GET`: a valid token, unless the config says
-//! `dashboard_public: true`, when anyone may read). A token that is present is always checked,
-//! even where none is needed: a wrong one is `401`, never silently ignored. The token's scope is
+//! `dashboard_public: true`, when anyone may read everything). A token that is present is always
+//! checked, even where none is needed: a wrong one is `401`, never silently ignored. The token's scope is
 //! checked against the run's project by the handler ([`Caller::check`]): `403` when it does not
 //! cover it. The webhooks do not come through here; they are verified by their own secrets.
 
@@ -21,7 +21,7 @@ use crate::server::AppState;
 pub enum Caller {
     /// A valid token.
     Token(ApiToken),
-    /// Nobody, on a read that `dashboard_public: true` opens to everyone.
+    /// Anyone, on a read that `dashboard_public: true` opens to everyone.
     Public,
 }
 
@@ -70,11 +70,12 @@ impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer_token(parts, state).await? {
-            Some(token) => Ok(Reader(Caller::Token(token))),
-            None if state.config.dashboard_public => Ok(Reader(Caller::Public)),
-            None => Err(missing()),
+        let token = bearer_token(parts, state).await?;
+        if state.config.dashboard_public {
+            // Reads are open to everyone: a (valid) token does not narrow them.
+            return Ok(Reader(Caller::Public));
         }
+        token.map(|t| Reader(Caller::Token(t))).ok_or_else(missing)
     }
 }
 

@@ -382,6 +382,15 @@ mod tests {
             let pointer = target.trim_start_matches('#');
             assert!(doc.pointer(pointer).is_some(), "dangling $ref {target}");
         }
+        let list = &doc["paths"]["/api/v1/runs"]["get"]["parameters"];
+        let params = list.as_array().expect("parameters");
+        assert_eq!(params.len(), 9, "{list}");
+        for p in params {
+            assert!(
+                !p.to_string().contains("null"),
+                "query parameters are never null: {p}"
+            );
+        }
         for e in &all {
             for (name, _) in e.path_params {
                 assert!(e.path.contains(&format!("{{{name}}}")), "{} {name}", e.path);

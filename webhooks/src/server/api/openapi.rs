@@ -150,15 +150,46 @@ fn query_parameters(schema: Schema) -> Vec<Value> {
                 .and_then(|p| p.remove("description"))
                 .unwrap_or(Value::Null);
             json!({"name": name, "in": "query", "required": false,
-                   "description": description, "schema": property})
+                   "description": description, "schema": not_null(property)})
         })
         .collect()
+}
+
+/// The schema of an optional field without its `null`: a query parameter is absent, never null.
+/// `{"type": ["string", "null"]}` becomes `{"type": "string"}`, `{"anyOf": [X, {"type": "null"}]}`
+/// becomes X; a `default` of null goes.
+fn not_null(mut schema: Value) -> Value {
+    let null = json!({"type": "null"});
+    let Some(map) = schema.as_object_mut() else {
+        return schema;
+    };
+    if map.get("default") == Some(&Value::Null) {
+        map.remove("default");
+    }
+    if let Some(Value::Array(types)) = map.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            map.insert("type".into(), only);
+        }
+    }
+    if let Some(Value::Array(any)) = map.get_mut("anyOf") {
+        any.retain(|s| *s != null);
+        if let [only] = any.as_slice() {
+            let only = only.clone();
+            map.remove("anyOf");
+            if let Value::Object(inner) = only {
+                map.extend(inner);
+            }
+        }
+    }
+    schema
 }
 
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => "The request cannot be read (malformed JSON, a bad query parameter or run id).",
-        401 => "No bearer token, or an unknown or revoked one (for webhooks: a wrong secret).",
+        401 => "No bearer token, or an unknown or revoked one.",
         403 => "The token's scope does not cover the project.",
         404 => "No such run.",
         409 => "The run's state does not allow it.",

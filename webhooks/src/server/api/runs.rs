@@ -220,6 +220,12 @@ pub async fn cancel(
     let status = match cancel_run(&state, &run, &reason).await? {
         CancelOutcome::Cancelled => StatusCode::OK,
         CancelOutcome::Requested => StatusCode::ACCEPTED,
+        CancelOutcome::Finished(state) => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("run {id} is already {state}"),
+            ));
+        }
     };
     let now = state
         .store
@@ -229,24 +235,19 @@ pub async fn cancel(
     Ok((status, Json(RunSummary::of(&now, now_millis()))))
 }
 
-/// The one place the API cancels a run (the dispatcher's own cancel mechanism can replace it).
+/// Cancels `run` through the planner (the same path as `/ferry cancel`).
 async fn cancel_run(state: &AppState, run: &Run, reason: &str) -> Result<CancelOutcome, ApiError> {
-    operations::request_cancel(
-        &state.store,
-        state.executor.as_ref(),
-        &state.config,
-        run.id,
-        reason,
-    )
-    .await
-    .map_err(|e| match e {
-        CancelError::NotFound(id) => not_found(id),
-        CancelError::Finished { .. } | CancelError::Contended(_) => {
-            ApiError::new(ErrorCode::Conflict, e.to_string())
-        }
-        CancelError::Executor { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
-        CancelError::Store(s) => s.into(),
-    })
+    state
+        .planner
+        .cancel(run.id, reason)
+        .await
+        .map_err(|e| match e {
+            CancelError::NotFound(id) => not_found(id),
+            CancelError::Finished { .. } | CancelError::Contended(_) => {
+                ApiError::new(ErrorCode::Conflict, e.to_string())
+            }
+            CancelError::Store(s) => s.into(),
+        })
 }
 
 /// Run `id`, if it exists (`404`) and the caller may act on its project (`403`).
