@@ -16,6 +16,8 @@
 //!   retries, watch to observations, dropped watches and `410`, cancel, TTL deletion, reconcile.
 //! - `fake_k8s`: the fake Kubernetes API through the real `kube` client and watcher; the Argo
 //!   status documents of its controller stand-in.
+//! - `serve_argo`: `ferry serve` with `executor: argo` from a signed push over HTTP to the
+//!   workflow on the fake API and the run's end in the store; refusals, outages, restarts.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
 //!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
 
@@ -31,6 +33,7 @@ mod injection;
 mod intake;
 mod planning;
 mod report;
+mod serve_argo;
 mod snapshot;
 
 /// Runs `ferry ARGS` in `dir`, with the binary cargo built for this package from the real

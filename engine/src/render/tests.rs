@@ -130,7 +130,10 @@ fn a_sha256_commit_id_fits_the_label_and_stays_whole_in_the_annotation() {
     c.sha = sha.clone();
     let wf = render_with(PIPELINE, &profile(), &c).manifest;
     assert_eq!(wf["metadata"]["labels"]["ferry.dev/sha"], sha[..40]);
-    assert_eq!(wf["spec"]["podMetadata"]["labels"]["ferry.dev/sha"], sha[..40]);
+    assert_eq!(
+        wf["spec"]["podMetadata"]["labels"]["ferry.dev/sha"],
+        sha[..40]
+    );
     assert_eq!(wf["metadata"]["annotations"]["ferry.dev/sha"], sha);
     let arg = wf["spec"]["arguments"]["parameters"]
         .as_array()

@@ -256,11 +256,15 @@ impl Dispatcher {
         }
     }
 
-    /// Fails a run that never reached the executor, with `message`; its steps are skipped.
+    /// Fails a run that never reached the executor, with `message`; its steps are skipped first,
+    /// so that a run seen finished (by the reporter, the API) has final steps, as in [`apply`].
+    ///
+    /// [`apply`]: Dispatcher::apply
     async fn finish_unsubmitted(&self, run: &Run, message: &str) -> Result<(), DispatchError> {
+        self.settle_steps(run.id, RunState::Failed, message).await?;
         self.walk_run(run.id, RunState::Failed, Some(message))
             .await?;
-        self.settle_steps(run.id, RunState::Failed, message).await
+        Ok(())
     }
 
     /// The job for a queued run, or why it cannot run.
@@ -353,13 +357,19 @@ impl Dispatcher {
             return Ok(());
         }
         if !obs.steps.is_empty() {
+            // In the pipeline's order (the store's), which is also the order steps can start in
+            // (`needs` names earlier steps): the outbox then says `train succeeded` before
+            // `evaluate running`, whatever order the executor listed them in.
             let stored = self.store.steps(obs.run_id).await?;
             for seen in &obs.steps {
-                if let Some(step) = stored.iter().find(|s| s.name == seen.name) {
-                    self.walk_step(step.clone(), seen).await?;
-                } else {
+                if !stored.iter().any(|s| s.name == seen.name) {
                     tracing::warn!(run = %obs.run_id, step = %seen.name,
                         "the executor reports a step the run does not have");
+                }
+            }
+            for step in stored {
+                if let Some(seen) = obs.steps.iter().find(|s| s.name == step.name) {
+                    self.walk_step(step, seen).await?;
                 }
             }
         }
