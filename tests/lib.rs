@@ -3,8 +3,10 @@
 //! Paths of the workspace and its examples, run contexts for the usual events, rendering, JSON
 //! "shape" and leaf-by-leaf comparison, the `ferry` binary, temporary directories, and the Argo
 //! Workflows schemas (both compiled once per process, in strict mode); the wire-level fake
-//! Kubernetes API ([`fake_k8s`]).
+//! Kubernetes API ([`fake_k8s`]); `ferry serve` with the Argo executor against it
+//! ([`argo_serve`]).
 
+pub mod argo_serve;
 pub mod fake_k8s;
 
 pub mod fake_forge;

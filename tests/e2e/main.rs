@@ -22,6 +22,8 @@
 //!   executed by the local executor.
 //! - `commands`: `/ferry` comment commands and `/ferry ok-to-test` on a fake GitLab / GitHub:
 //!   who may, what runs, cancels through the local executor, one answer per comment.
+//! - `serve_argo`: `ferry serve` with `executor: argo` from a signed push over HTTP to the
+//!   workflow on the fake API and the run's end in the store; refusals, outages, restarts.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
 //!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
 //! - `helm`: the Helm chart renders a `ferry.yaml` and profile that ferry's own parsers accept
@@ -43,6 +45,7 @@ mod injection;
 mod intake;
 mod planning;
 mod report;
+mod serve_argo;
 mod snapshot;
 mod ssh_clone;
 

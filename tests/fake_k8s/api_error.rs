@@ -94,6 +94,11 @@ impl ApiError {
         err
     }
 
+    /// `422 Invalid` with only a message (an admission policy's denial).
+    pub fn invalid_message(message: String) -> ApiError {
+        ApiError::new(422, "Invalid", message)
+    }
+
     /// `400 BadRequest`.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "BadRequest", message)

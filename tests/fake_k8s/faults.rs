@@ -2,7 +2,7 @@
 //! a method and path) answer `429` with `Retry-After` or `500`, or wait before being served,
 //! and read back every request the fake answered to assert that retries happened.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::Method;
 
@@ -16,12 +16,18 @@ pub enum FaultAction {
     },
     /// `500 InternalError`.
     InternalError,
+    /// `422 Invalid` with this message, as an admission policy (a `ValidatingAdmissionPolicy`
+    /// whose validation sets no `reason`) or the API server's own validation answers.
+    Invalid {
+        /// `Status.message`.
+        message: String,
+    },
     /// The request is served normally after this delay.
     Delay(Duration),
 }
 
 /// A fault for the next requests that match; build with [`Fault::too_many_requests`],
-/// [`Fault::internal_error`] or [`Fault::delay`], narrow with [`Fault::method`],
+/// [`Fault::internal_error`], [`Fault::invalid`] or [`Fault::delay`], narrow with [`Fault::method`],
 /// [`Fault::path_contains`] and [`Fault::watch`], and set the count with [`Fault::times`]
 /// (default 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +58,13 @@ impl Fault {
     /// Answer `500`.
     pub fn internal_error() -> Fault {
         Fault::new(FaultAction::InternalError)
+    }
+
+    /// Answer `422 Invalid` with `message`.
+    pub fn invalid(message: impl Into<String>) -> Fault {
+        Fault::new(FaultAction::Invalid {
+            message: message.into(),
+        })
     }
 
     /// Serve the request after `delay`.
@@ -117,6 +130,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// The injected fault that answered or delayed it, if any.
     pub fault: Option<FaultAction>,
+    /// When it arrived (before faults, checks and the store), for benchmarks.
+    pub at: Instant,
 }
 
 impl RequestRecord {

@@ -59,6 +59,7 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
         query: req.uri().query().unwrap_or_default().to_owned(),
         status: 0,
         fault: None,
+        at: std::time::Instant::now(),
     };
     record.fault = faults::take(&mut shared.faults(), &record);
     let response = if !authorized(shared.token.as_deref(), req.headers()) {
@@ -70,6 +71,9 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
             }
             Some(FaultAction::InternalError) => {
                 ApiError::internal("injected by the test").into_response()
+            }
+            Some(FaultAction::Invalid { message }) => {
+                ApiError::invalid_message(message.clone()).into_response()
             }
             Some(FaultAction::Delay(d)) => {
                 tokio::time::sleep(*d).await;

@@ -76,10 +76,12 @@
 //! (forget history: older versions now get `410 Expired`), `expire_history()` (both at once,
 //! so every re-watch gets `410` and relists), `open_watches()`,
 //! `resource_version()`; `inject(Fault)` ([`Fault::too_many_requests`],
-//! [`Fault::internal_error`], [`Fault::delay`], narrowed by `.method()`, `.path_contains()`,
-//! `.watch()`, counted by `.times(n)`), `clear_faults()`; `requests() -> Vec<RequestRecord>`,
-//! `count(method, path)`, `clear_requests()`; `wait_until(what, |fake| cond).await` (woken by
-//! every request and change; panics with the request log after 30 s).
+//! [`Fault::internal_error`], [`Fault::invalid`] (`422` with a message), [`Fault::delay`],
+//! narrowed by `.method()`, `.path_contains()`, `.watch()`, counted by `.times(n)`),
+//! `clear_faults()`; `requests() -> Vec<RequestRecord>` (each with the `Instant` it arrived,
+//! for benchmarks), `count(method, path)`, `clear_requests()`;
+//! `wait_until(what, |fake| cond).await` (woken by every request and change; panics with the
+//! request log after 30 s).
 //!
 //! ## Worth knowing
 //! - `client()` is kube's default client, which retries `429`/`503`/`504` itself (honouring

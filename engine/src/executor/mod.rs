@@ -49,8 +49,9 @@ pub struct Job {
     pub pipeline: Arc<Pipeline>,
     /// Everything the run depends on besides the pipeline (ref, sha, params, namespace...).
     pub context: RunContext,
-    /// Steps decided out when the run was created (already recorded `skipped` in the store); the
-    /// executor does not run them, and steps that need them are in this list too.
+    /// Steps decided out when the run was created (the service records them `skipped` in the
+    /// store once the executor has taken the run); the executor does not run them, and steps that
+    /// need them are in this list too.
     pub skipped: Vec<SkippedStep>,
     /// The source code.
     pub source: Source,
@@ -143,6 +144,30 @@ pub struct Observation {
     /// the executor cannot see steps (Argo node status offloaded to a database): the phase alone
     /// then decides, and `message` says so.
     pub steps: Vec<StepObservation>,
+}
+
+impl Observation {
+    /// A stable fingerprint of everything the service reads of the snapshot: the same snapshot
+    /// twice gives the same number (the Argo executor sends it once; the dispatcher keeps this,
+    /// not the snapshot, to skip a repeated one).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.run_id.hash(&mut h);
+        std::mem::discriminant(&self.phase).hash(&mut h);
+        if let Phase::Gone { requeue } = self.phase {
+            requeue.hash(&mut h);
+        }
+        self.message.hash(&mut h);
+        for s in &self.steps {
+            s.name.hash(&mut h);
+            s.state.hash(&mut h);
+            s.attempts.hash(&mut h);
+            s.message.hash(&mut h);
+            s.metrics.as_ref().map(Value::to_string).hash(&mut h);
+        }
+        h.finish()
+    }
 }
 
 /// The plug point: the local executor and the Argo executor implement it.

@@ -111,9 +111,10 @@ pub(super) fn run(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Value {
         "ferry.dev/run-id": ctx.run_id.to_string(),
         "ferry.dev/project": label_value(&ctx.project),
         "ferry.dev/pipeline": p.name,
-        "ferry.dev/sha": ctx.sha,
+        "ferry.dev/sha": sha_label(&ctx.sha),
     });
     let mut annotations = Map::new();
+    annotations.insert("ferry.dev/sha".into(), ctx.sha.clone().into());
     annotations.insert("ferry.dev/repo".into(), ctx.repo_url.clone().into());
     annotations.insert("ferry.dev/ref".into(), ctx.git_ref.clone().into());
     annotations.insert("ferry.dev/event".into(), event_word(ctx.event).into());
@@ -128,6 +129,16 @@ pub(super) fn run(p: &Pipeline, profile: &Profile, ctx: &RunContext) -> Value {
         "arguments": arguments(p, profile, ctx),
     })
 }
+
+/// The `ferry.dev/sha` label: at most the first 40 hex digits of the commit id. A SHA-1 id is
+/// whole; a SHA-256 one (64 digits) would not fit a label value (63 characters at most), so its
+/// label is a prefix (still unique in practice) and the `ferry.dev/sha` annotation has it whole.
+fn sha_label(sha: &str) -> &str {
+    sha.get(..SHA_LABEL_LEN).unwrap_or(sha)
+}
+
+/// Hex digits of a commit id that the `ferry.dev/sha` label carries (a whole SHA-1 id).
+const SHA_LABEL_LEN: usize = 40;
 
 fn workflow_name(ctx: &RunContext) -> String {
     format!("ferry-{}", ctx.run_id)

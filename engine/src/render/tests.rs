@@ -106,6 +106,10 @@ fn names_labels_and_annotations() {
         "0123456789abcdef0123456789abcdef01234567"
     );
     assert_eq!(
+        wf["metadata"]["annotations"]["ferry.dev/sha"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(
         wf["metadata"]["annotations"]["ferry.dev/ref"],
         "refs/heads/main"
     );
@@ -117,6 +121,25 @@ fn names_labels_and_annotations() {
         wf["spec"]["imagePullSecrets"],
         json!([{"name": "harbor-cred"}])
     );
+}
+
+#[test]
+fn a_sha256_commit_id_fits_the_label_and_stays_whole_in_the_annotation() {
+    let sha = "0123456789abcdef".repeat(4);
+    let mut c = ctx(EventKind::Push, "main");
+    c.sha = sha.clone();
+    let wf = render_with(PIPELINE, &profile(), &c).manifest;
+    assert_eq!(wf["metadata"]["labels"]["ferry.dev/sha"], sha[..40]);
+    assert_eq!(
+        wf["spec"]["podMetadata"]["labels"]["ferry.dev/sha"],
+        sha[..40]
+    );
+    assert_eq!(wf["metadata"]["annotations"]["ferry.dev/sha"], sha);
+    let arg = wf["spec"]["arguments"]["parameters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "ferry-sha"))
+        .expect("the ferry-sha argument");
+    assert_eq!(arg["value"], sha, "pods check out the whole commit id");
 }
 
 #[test]

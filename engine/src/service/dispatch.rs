@@ -41,8 +41,6 @@ use crate::store::{NewRun, Run, RunId, RunState, Step, StepChange, StepState, St
 const BATCH: u32 = 64;
 /// Longest wait between submission attempts of a run the executor cannot take now.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// How long a woken submitter waits for more runs before its pass.
-const WAKE_COALESCE: Duration = Duration::from_millis(1);
 /// Bound on the compare-and-set retries of one observation (each retry re-reads the store).
 const MAX_STEPS: usize = 32;
 
@@ -63,8 +61,9 @@ pub struct Dispatcher {
     mirrors: Mirrors,
     /// Runs whose submission failed for now: attempts so far and when to try again.
     backoff: Mutex<HashMap<RunId, (u32, Instant)>>,
-    /// The last observation applied per unfinished run, so a repeated one costs no query.
-    applied: Mutex<HashMap<RunId, Observation>>,
+    /// The fingerprint of the last observation applied per unfinished run, so a repeated one
+    /// costs no query (8 bytes a run, not the snapshot: 10,000 followed runs stay small).
+    applied: Mutex<HashMap<RunId, u64>>,
     /// Submissions and their latency.
     metrics: Arc<crate::metrics::Metrics>,
     /// Runs whose cancel request this process passed to the executor.
@@ -147,6 +146,9 @@ impl Dispatcher {
                 tracing::error!(error = %e, "passing cancel requests to the executor failed");
             }
             let sleep = match self.submit_queued().await {
+                // A whole batch went out: more may be queued behind it (after a restart, a
+                // burst), so the next pass starts at once rather than at the next wake.
+                Ok(n) if n >= BATCH as usize => continue,
                 Ok(_) => self.until_next_retry(),
                 Err(e) => {
                     tracing::error!(error = %e, "submitting queued runs failed");
@@ -154,7 +156,9 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
-                () = wake.notified() => tokio::time::sleep(WAKE_COALESCE).await,
+                // No pause to gather more: a pass takes every queued run, and a wake during a
+                // pass leaves a permit that starts the next one.
+                () = wake.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
                 _ = stop.changed() => {}
             }
@@ -234,27 +238,15 @@ impl Dispatcher {
                 return Ok(false);
             }
         };
-        for skip in &job.skipped {
-            let change = StepChange {
-                message: Some(skip.reason.clone()),
-                metrics: None,
-            };
-            match self
-                .store
-                .transition_step(
-                    run.id,
-                    &skip.step,
-                    StepState::Pending,
-                    StepState::Skipped,
-                    &change,
-                )
-                .await
-            {
-                Ok(()) | Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+        // The executor first: the steps decided out at creation are not in what it runs, so
+        // recording them can follow the submission, which then waits for no commit of its own
+        // (push -> workflow created, docs/PERFORMANCE.md). After a crash in between, the next
+        // submission decides them again, the same way.
+        let submitted = self.executor.submit(&job).await;
+        if !matches!(submitted, Err(SubmitError::Unavailable(_))) {
+            self.record_skips(run, &job).await?;
         }
-        match self.executor.submit(&job).await {
+        match submitted {
             Ok(()) => {
                 self.backoff
                     .lock()
@@ -288,11 +280,40 @@ impl Dispatcher {
         }
     }
 
-    /// Fails a run that never reached the executor, with `message`; its steps are skipped.
+    /// Records the steps the job decided out at creation as skipped, with the reason.
+    async fn record_skips(&self, run: &Run, job: &Job) -> Result<(), DispatchError> {
+        for skip in &job.skipped {
+            let change = StepChange {
+                message: Some(skip.reason.clone()),
+                metrics: None,
+            };
+            match self
+                .store
+                .transition_step(
+                    run.id,
+                    &skip.step,
+                    StepState::Pending,
+                    StepState::Skipped,
+                    &change,
+                )
+                .await
+            {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails a run that never reached the executor, with `message`; its steps are skipped first,
+    /// so that a run seen finished (by the reporter, the API) has final steps, as in [`apply`].
+    ///
+    /// [`apply`]: Dispatcher::apply
     async fn finish_unsubmitted(&self, run: &Run, message: &str) -> Result<(), DispatchError> {
+        self.settle_steps(run.id, RunState::Failed, message).await?;
         self.walk_run(run.id, RunState::Failed, Some(message))
             .await?;
-        self.settle_steps(run.id, RunState::Failed, message).await
+        Ok(())
     }
 
     /// The job for a queued run, or why it cannot run.
@@ -370,9 +391,10 @@ impl Dispatcher {
 
     /// Brings the store in line with one observation. Idempotent.
     pub async fn apply(&self, obs: &Observation) -> Result<(), DispatchError> {
+        let print = obs.fingerprint();
         {
             let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-            if applied.get(&obs.run_id) == Some(obs) {
+            if applied.get(&obs.run_id) == Some(&print) {
                 return Ok(());
             }
         }
@@ -389,13 +411,19 @@ impl Dispatcher {
             return Ok(());
         }
         if !obs.steps.is_empty() {
+            // In the pipeline's order (the store's), which is also the order steps can start in
+            // (`needs` names earlier steps): the outbox then says `train succeeded` before
+            // `evaluate running`, whatever order the executor listed them in.
             let stored = self.store.steps(obs.run_id).await?;
             for seen in &obs.steps {
-                if let Some(step) = stored.iter().find(|s| s.name == seen.name) {
-                    self.walk_step(step.clone(), seen).await?;
-                } else {
+                if !stored.iter().any(|s| s.name == seen.name) {
                     tracing::warn!(run = %obs.run_id, step = %seen.name,
                         "the executor reports a step the run does not have");
+                }
+            }
+            for step in stored {
+                if let Some(seen) = obs.steps.iter().find(|s| s.name == step.name) {
+                    self.walk_step(step, seen).await?;
                 }
             }
         }
@@ -433,7 +461,7 @@ impl Dispatcher {
         self.applied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(obs.run_id, obs.clone());
+            .insert(obs.run_id, print);
         Ok(())
     }
 

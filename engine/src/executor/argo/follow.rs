@@ -29,7 +29,7 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use tokio::task::AbortHandle;
 
-use super::status::{fingerprint, observe};
+use super::status::observe;
 use super::workflow::{RUN_ID_LABEL, Workflow, run_id_of, workflow_name, workflow_resource};
 use super::{ArgoSettings, BackoffPolicy};
 use crate::executor::{Observation, Observations, Phase};
@@ -120,14 +120,14 @@ impl Follower {
         if o.phase.is_final() {
             runs.remove(&o.run_id);
         } else if let Some(f) = runs.get_mut(&o.run_id) {
-            f.sent = Some(fingerprint(o));
+            f.sent = Some(o.fingerprint());
         }
     }
 
     /// Sends an observation of a followed run unless it repeats the last one sent. Returns `false`
     /// when nobody listens any more.
     pub async fn offer(&self, o: Observation) -> bool {
-        let print = fingerprint(&o);
+        let print = o.fingerprint();
         {
             let mut runs = self.runs();
             let Some(f) = runs.get_mut(&o.run_id) else {

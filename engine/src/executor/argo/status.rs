@@ -259,26 +259,6 @@ fn cancel_step(mut s: StepObservation) -> StepObservation {
     s
 }
 
-/// A stable fingerprint of an observation: the same snapshot twice is sent once.
-pub fn fingerprint(o: &Observation) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    o.run_id.hash(&mut h);
-    std::mem::discriminant(&o.phase).hash(&mut h);
-    if let Phase::Gone { requeue } = o.phase {
-        requeue.hash(&mut h);
-    }
-    o.message.hash(&mut h);
-    for s in &o.steps {
-        s.name.hash(&mut h);
-        s.state.hash(&mut h);
-        s.attempts.hash(&mut h);
-        s.message.hash(&mut h);
-        s.metrics.as_ref().map(Value::to_string).hash(&mut h);
-    }
-    h.finish()
-}
-
 #[cfg(test)]
 #[path = "status_tests.rs"]
 mod tests;

@@ -798,18 +798,18 @@ fn a_fingerprint_changes_with_anything_the_service_reads() {
     };
     let a = observe(run(), &wf(doc(), None));
     assert_eq!(
-        fingerprint(&a),
-        fingerprint(&observe(run(), &wf(doc(), None)))
+        a.fingerprint(),
+        observe(run(), &wf(doc(), None)).fingerprint()
     );
     let mut b = a.clone();
     b.steps[0].attempts = 2;
-    assert_ne!(fingerprint(&a), fingerprint(&b));
+    assert_ne!(a.fingerprint(), b.fingerprint());
     let mut c = a.clone();
     c.steps[0].metrics = Some(json!({"loss": 1}));
-    assert_ne!(fingerprint(&a), fingerprint(&c));
+    assert_ne!(a.fingerprint(), c.fingerprint());
     let mut d = a.clone();
     d.phase = Phase::Gone { requeue: true };
     let mut e = a.clone();
     e.phase = Phase::Gone { requeue: false };
-    assert_ne!(fingerprint(&d), fingerprint(&e));
+    assert_ne!(d.fingerprint(), e.fingerprint());
 }
