@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use ferry_engine::executor::argo::{ArgoExecutor, ArgoSettings, BackoffPolicy, client_from};
 use ferry_engine::executor::{
-    CancelMode, Executor, Job, Observation, Phase, Source, StepObservation, SubmitError,
+    CancelMode, Executor, Job, LogRequest, Observation, Phase, Source, StepObservation, SubmitError,
 };
 use ferry_engine::pipeline::EventKind;
 use ferry_engine::render::Renderer;
 use ferry_engine::store::{Run, RunId, RunState, StepState};
-use ferry_tests::fake_k8s::{FakeKube, Fault, Options, TaskOutcome, WorkflowPhase};
+use ferry_tests::fake_k8s::{FakeKube, Fault, Options, RequestRecord, TaskOutcome, WorkflowPhase};
 use ferry_tests::{TempDir, branch_context, example, profile, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -869,4 +869,100 @@ async fn a_kubeconfig_that_cannot_be_read_is_a_clear_error() {
             .starts_with("cannot read kubeconfig /nonexistent/ferry/kubeconfig:"),
         "{err}"
     );
+}
+
+/// A step of `pipeline` with a `secret_env` entry, and that entry's secret.
+fn step_with_secret(pipeline: &ferry_engine::pipeline::Pipeline) -> (String, String, String) {
+    let step = pipeline
+        .steps
+        .iter()
+        .find(|s| !s.secret_env.is_empty())
+        .unwrap_or_else(|| panic!("the example has a step with secret_env"));
+    let secret = step
+        .secret_env
+        .values()
+        .next()
+        .unwrap_or_else(|| panic!("a secret"));
+    (step.name.clone(), secret.name.clone(), secret.key.clone())
+}
+
+#[tokio::test]
+async fn a_log_tail_is_the_latest_attempts_pod_log_with_the_steps_secret_values() {
+    let h = harness().await;
+    let pipeline = example("harbor-kueue").load();
+    let (step, secret, key) = step_with_secret(&pipeline);
+    h.fake.add_secret(NS, &secret, &[(&key, "robot$s3cr3t")]);
+    h.fake.add_pod(
+        NS,
+        "ferry-41",
+        &format!("ferry-41.{step}(0)"),
+        "first attempt\nOOM\n",
+    );
+    h.fake.add_pod(
+        NS,
+        "ferry-41",
+        &format!("ferry-41.{step}(1)"),
+        &(1..=50).map(|i| format!("line {i}\n")).collect::<String>(),
+    );
+    h.fake
+        .add_pod(NS, "ferry-41", "ferry-41.other", "not this step\n");
+    h.fake
+        .add_pod(NS, "ferry-4", &format!("ferry-4.{step}"), "not this run\n");
+    let request = LogRequest {
+        run: run_id(41),
+        namespace: Some(NS),
+        pipeline: &pipeline,
+        step: &step,
+        lines: 3,
+        bytes: 4096,
+    };
+    let got = h
+        .executor
+        .log_tail(request)
+        .await
+        .unwrap_or_else(|e| panic!("log tail: {e}"))
+        .unwrap_or_else(|| panic!("a log"));
+    assert_eq!(got.text, "line 48\nline 49\nline 50");
+    assert_eq!(got.secrets, ["robot$s3cr3t"]);
+    let log_reads: Vec<RequestRecord> = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/log"))
+        .collect();
+    assert_eq!(log_reads.len(), 1, "{log_reads:?}");
+    assert!(
+        log_reads[0].query.contains("container=main"),
+        "{:?}",
+        log_reads[0]
+    );
+    assert!(
+        log_reads[0].query.contains("tailLines=3"),
+        "{:?}",
+        log_reads[0]
+    );
+
+    // No pods (garbage-collected, or the step never started): no log, not an error.
+    let other = LogRequest {
+        run: run_id(42),
+        ..request
+    };
+    assert!(h.executor.log_tail(other).await.expect("no pods").is_none());
+
+    // Without `secrets get` the log is withheld rather than shown unredacted.
+    h.fake.forbid_secrets(true);
+    let withheld = h
+        .executor
+        .log_tail(request)
+        .await
+        .expect("withheld")
+        .expect("a note");
+    assert!(
+        withheld
+            .text
+            .starts_with("(log tail withheld: ferry cannot read secret"),
+        "{}",
+        withheld.text
+    );
+    assert!(!withheld.text.contains("line 50"));
 }

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_engine::config::Config;
-use ferry_engine::profile::Profile;
 use ferry_engine::store::{RunId, RunState, Store, TokenScope};
 use ferry_tests::TempDir;
 use serde_json::{Value, json};
@@ -168,7 +167,7 @@ async fn the_dashboard_in_headless_chromium() {
         repo = repo.display(),
     );
     let config = Config::from_yaml("ferry.yaml", &yaml).expect("config");
-    let profile = config.profile.clone().unwrap_or_else(Profile::default);
+    let profile = config.profile.clone().unwrap_or_default();
     let loaded = ferry::server::Loaded {
         config,
         profile,

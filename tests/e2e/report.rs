@@ -534,9 +534,29 @@ async fn a_failure_summary_names_the_failed_step_and_hides_secrets() {
         )
         .await
         .expect("fail");
+    // What the dispatcher stores when the run fails (redacted with the executor's secrets); the
+    // reporter redacts it again with the forge's.
+    let tail = format!("loading data\nauth with {GITLAB_TOKEN}\nKilled");
+    assert!(
+        w.store
+            .set_log_tail(run, "prepare", &tail)
+            .await
+            .expect("tail")
+    );
+    assert!(
+        !w.store
+            .set_log_tail(run, "prepare", "other")
+            .await
+            .expect("tail"),
+        "kept once"
+    );
     w.reporter().pass().await.expect("pass");
     let body = &w.forge.notes(MR)[0].body;
     assert!(body.contains("ferry/train: failed"), "{body}");
+    assert!(
+        body.contains("<summary>Log tail</summary>") && body.contains("auth with ***\nKilled"),
+        "{body}"
+    );
     assert!(body.contains("> the workflow failed"), "{body}");
     assert!(
         body.contains("**prepare** failed: exit code 3: token *** rejected"),

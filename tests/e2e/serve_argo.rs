@@ -520,3 +520,44 @@ async fn a_new_release_branch_is_planned_and_submitted() {
     assert_eq!(tasks, [&json!("train"), &json!("evaluate")]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_run_keeps_the_failed_steps_pod_log_tail() {
+    let w = world().await;
+    let server = w.site.serve().await;
+    let sha = w.push_model_change(&server, "push-log", 102).await;
+    let run = w.run_at(&sha).await;
+    let name = format!("ferry-{}", run.id);
+    w.fake
+        .wait_until("the workflow is created", |f| {
+            f.get(NAMESPACE, &name).is_some()
+        })
+        .await;
+    let log: String = (1..=100)
+        .map(|i| format!("epoch {i}\n"))
+        .chain(["RuntimeError: CUDA out of memory\n".to_owned()])
+        .collect();
+    // train has a retry strategy: its pods are attempts `train(0)`, `train(1)`, ...
+    w.fake.add_pod(
+        NAMESPACE,
+        &name,
+        &format!("{name}.train(0)"),
+        "attempt one\n",
+    );
+    w.fake
+        .add_pod(NAMESPACE, &name, &format!("{name}.train(1)"), &log);
+    w.status(&run, |b| {
+        b.task("train", TaskOutcome::failed("OOMKilled").attempts(2))
+    });
+    let (done, _) = w
+        .when(&run, "the run failed", |r, _| r.state == RunState::Failed)
+        .await;
+    let tails = w.store.log_tails(done.id).await.expect("log tails");
+    assert_eq!(tails.len(), 1, "{tails:?}");
+    assert_eq!(tails[0].step, "train");
+    let lines: Vec<&str> = tails[0].text.lines().collect();
+    assert_eq!(lines.len(), 30, "the last 30 lines: {lines:?}");
+    assert_eq!(lines[0], "epoch 72");
+    assert_eq!(lines[29], "RuntimeError: CUDA out of memory");
+    server.stop().await;
+}

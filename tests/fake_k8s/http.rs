@@ -2,9 +2,7 @@
 //! Workflows, one middleware that checks the bearer token, applies injected faults and logs
 //! every request, and handlers that translate query parameters and bodies into store calls.
 //!
-//! Extension point: pods and their logs (`GET /api/v1/namespaces/{ns}/pods/{name}/log`, with
-//! `container`, `follow`, `tailLines`) belong in [`router`] beside the workflow routes, with
-//! their own state next to the store; nothing else has to change.
+//! Pods, their logs and secrets (for log tails) are served by the `pods` module.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +41,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             &format!("{NS}/{{name}}"),
             get(get_one).patch(patch).delete(delete),
+        )
+        .route("/api/v1/namespaces/{ns}/pods", get(super::pods::list))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/log",
+            get(super::pods::log),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/secrets/{name}",
+            get(super::pods::secret),
         )
         .fallback(|req: Request| async move { ApiError::no_route(req.uri().path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

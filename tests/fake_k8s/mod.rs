@@ -50,8 +50,9 @@
 //! immediate `Success` Status, or `deletionTimestamp` while finalizers remain) of
 //! `.../workflows/{name}`; `GET /version`. Errors are Kubernetes `Status` objects. Every object
 //! carries `uid`, `resourceVersion` (one counter for the whole fake), `creationTimestamp`,
-//! `generation`. Pods and their logs are not served yet; see the `http` module for where
-//! they go.
+//! `generation`. Pods (list by label), their logs (`container`, `tailLines`, `limitBytes`) and
+//! secrets (`GET`) are served from what the test added: `add_pod(ns, workflow, node_name, log)`,
+//! `add_secret(ns, name, &[(key, value)])`, `forbid_secrets(true)` (answers `403`).
 //!
 //! ## Controller stand-in
 //! `get(ns, name)`, `workflows()`, `create(ns, object)` (as a POST would),
@@ -98,6 +99,7 @@ mod api_error;
 mod argo;
 mod faults;
 mod http;
+mod pods;
 mod selector;
 mod status;
 mod store;
@@ -162,6 +164,8 @@ pub(crate) struct Shared {
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<Vec<RequestRecord>>,
     token: Option<String>,
+    /// Pods with logs, and secrets.
+    pods: Mutex<pods::Pods>,
     /// Woken after every request and every change.
     changed: Notify,
 }
@@ -234,6 +238,7 @@ impl FakeKube {
             faults: Mutex::default(),
             requests: Mutex::default(),
             token: options.token.clone(),
+            pods: Mutex::default(),
             changed: Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -407,6 +412,45 @@ impl FakeKube {
     /// Adds a fault for the next matching requests (faults apply in the order added).
     pub fn inject(&self, fault: Fault) {
         self.shared.faults().push(fault);
+    }
+
+    /// Adds the pod Argo's controller would have made for node `node_name` (`ferry-7.train`,
+    /// `ferry-7.train(1)`) of `workflow`, whose `main` container logged `log`. Returns its name.
+    pub fn add_pod(&self, ns: &str, workflow: &str, node_name: &str, log: &str) -> String {
+        let mut pods = lock(&self.shared.pods);
+        let name = format!("{workflow}-{}", 1000 + pods.pods.len());
+        let object = pods::pod_object(ns, &name, workflow, node_name);
+        pods.pods.insert(
+            (ns.to_owned(), name.clone()),
+            pods::PodEntry {
+                object,
+                log: log.to_owned(),
+            },
+        );
+        drop(pods);
+        self.shared.changed.notify_waiters();
+        name
+    }
+
+    /// Adds (or replaces) secret `name` in `ns` with these keys and values.
+    pub fn add_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        let data = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        lock(&self.shared.pods)
+            .secrets
+            .insert((ns.to_owned(), name.to_owned()), data);
+    }
+
+    /// Makes every secret read answer `403 Forbidden` (RBAC without `secrets get`).
+    pub fn forbid_secrets(&self, forbidden: bool) {
+        lock(&self.shared.pods).secrets_forbidden = forbidden;
+    }
+
+    /// Removes every pod (as pod garbage collection would).
+    pub fn delete_pods(&self) {
+        lock(&self.shared.pods).pods.clear();
     }
 
     /// Removes every pending fault.

@@ -19,6 +19,7 @@
 mod client;
 mod config;
 mod follow;
+mod logs;
 pub mod status;
 pub mod workflow;
 
@@ -28,7 +29,8 @@ use std::sync::Arc;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 use super::{
-    BoxFuture, CancelMode, ExecError, Executor, Job, Observation, Observations, SubmitError,
+    BoxFuture, CancelMode, ExecError, Executor, FetchedLog, Job, LogRequest, Observation,
+    Observations, SubmitError,
 };
 use crate::profile::Profile;
 use crate::render::Renderer;
@@ -355,6 +357,13 @@ impl Executor for ArgoExecutor {
         runs: &'a [Run],
     ) -> BoxFuture<'a, Result<Vec<Observation>, ExecError>> {
         Box::pin(self.reconcile_runs(runs))
+    }
+
+    fn log_tail<'a>(
+        &'a self,
+        request: LogRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<FetchedLog>, ExecError>> {
+        Box::pin(self.fetch_log_tail(request))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>> {

@@ -58,6 +58,7 @@
 
 mod env;
 mod gpu;
+mod logs;
 mod procs;
 mod run;
 mod source;
@@ -74,8 +75,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{
-    BoxFuture, CancelMode, ExecError, Executor, Job, Observation, Observations, Phase, Source,
-    SubmitError,
+    BoxFuture, CancelMode, ExecError, Executor, FetchedLog, Job, LogRequest, Observation,
+    Observations, Phase, Source, SubmitError,
 };
 use crate::store::{Run, RunId};
 
@@ -339,6 +340,24 @@ impl Executor for LocalExecutor {
             observed
                 .await
                 .map_err(|e| ExecError(format!("reconciling local runs failed: {e}")))
+        })
+    }
+
+    fn log_tail<'a>(
+        &'a self,
+        request: LogRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<FetchedLog>, ExecError>> {
+        Box::pin(async move {
+            let logs = self.run_dir(request.run).join("logs");
+            let secrets =
+                logs::secret_values(request.pipeline, request.step, &self.shared.settings.env);
+            let (step, lines, bytes) = (request.step.to_owned(), request.lines, request.bytes);
+            let text =
+                tokio::task::spawn_blocking(move || logs::step_tail(&logs, &step, lines, bytes))
+                    .await
+                    .map_err(|e| ExecError(format!("reading the log failed: {e}")))?
+                    .map_err(|e| ExecError(format!("reading the log failed: {e}")))?;
+            Ok(text.map(|text| FetchedLog { text, secrets }))
         })
     }
 

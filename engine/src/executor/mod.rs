@@ -200,4 +200,99 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Whether the executor can be reached (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>>;
+
+    /// The last lines of one step's log (its latest attempt), with every secret value the step
+    /// could see, for the summary of a failed run. `Ok(None)` when there is no log (the step
+    /// never started, or its pods are gone).
+    fn log_tail<'a>(
+        &'a self,
+        request: LogRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<FetchedLog>, ExecError>>;
+}
+
+/// What [`Executor::log_tail`] fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRequest<'a> {
+    /// The run.
+    pub run: RunId,
+    /// Its namespace (`None`: the executor's default).
+    pub namespace: Option<&'a str>,
+    /// Its pipeline (the step's `secret_env` names the secrets it could see).
+    pub pipeline: &'a Pipeline,
+    /// The step's name.
+    pub step: &'a str,
+    /// How many lines to keep at most.
+    pub lines: u32,
+    /// How many bytes to keep at most (the end wins).
+    pub bytes: usize,
+}
+
+/// A log tail as the executor read it: **not redacted** yet.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FetchedLog {
+    /// The text (at most the lines and bytes asked for).
+    pub text: String,
+    /// Every secret value the step could see, for the caller to redact.
+    pub secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for FetchedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchedLog")
+            .field("bytes", &self.text.len())
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+/// The last `lines` lines of `text`, and at most `bytes` of them (cut at a character boundary,
+/// so a long last line keeps its end).
+pub fn tail_lines(text: &str, lines: u32, bytes: usize) -> String {
+    let text = text.trim_end_matches(['\n', '\r']);
+    let mut start = text.len();
+    for _ in 0..lines {
+        match text[..start].rfind('\n') {
+            Some(i) => start = i,
+            None => {
+                start = 0;
+                break;
+            }
+        }
+    }
+    let mut tail = text[start..].trim_start_matches(['\n', '\r']);
+    if tail.len() > bytes {
+        let mut cut = tail.len() - bytes;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = &tail[cut..];
+    }
+    tail.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_lines;
+
+    const MAX: usize = 8 * 1024;
+
+    #[test]
+    fn a_tail_keeps_the_last_lines() {
+        assert_eq!(tail_lines("a\nb\nc\nd\n", 2, MAX), "c\nd");
+        assert_eq!(tail_lines("a\nb", 5, MAX), "a\nb");
+        assert_eq!(tail_lines("one line", 1, MAX), "one line");
+        assert_eq!(tail_lines("", 3, MAX), "");
+        assert_eq!(tail_lines("a\r\nb\r\n\n", 1, MAX), "b");
+    }
+
+    #[test]
+    fn a_tail_is_bounded_in_bytes_at_a_character_boundary() {
+        let long = format!("first\n{}", "é".repeat(MAX));
+        let tail = tail_lines(&long, 10, MAX);
+        assert!(tail.len() <= MAX);
+        assert!(
+            tail.chars().all(|c| c == 'é'),
+            "the end of the long line is kept"
+        );
+    }
 }

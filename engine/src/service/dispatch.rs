@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{Config, ProjectConfig};
 use crate::executor::{
-    CancelMode, Executor, Job, Observation, Phase, Source, StepObservation, SubmitError,
+    CancelMode, Executor, Job, LogRequest, Observation, Phase, Source, StepObservation, SubmitError,
 };
 use crate::pipeline::{self, Pipeline};
 use crate::profile::Profile;
@@ -41,6 +41,12 @@ use crate::store::{NewRun, Run, RunId, RunState, Step, StepChange, StepState, St
 const BATCH: u32 = 64;
 /// Longest wait between submission attempts of a run the executor cannot take now.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Lines of a failed step's log kept for the summary and the dashboard.
+const LOG_TAIL_LINES: u32 = 30;
+/// Bytes of it kept at most (a summary note must stay readable and within forge limits).
+const LOG_TAIL_BYTES: usize = 8 * 1024;
+/// Longest wait for the executor to read a log tail (the observer waits meanwhile).
+const LOG_TAIL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on the compare-and-set retries of one observation (each retry re-reads the store).
 const MAX_STEPS: usize = 32;
 
@@ -448,6 +454,10 @@ impl Dispatcher {
                     _ => format!("the run {}", to.as_str()),
                 });
                 self.settle_steps(obs.run_id, to, &text).await?;
+                if to == RunState::Failed {
+                    // Before the run's final state: the reporter's summary then has it.
+                    self.keep_log_tail(&run).await;
+                }
                 let moved = self
                     .walk_run(obs.run_id, to, message.or(Some(&text)))
                     .await?;
@@ -463,6 +473,56 @@ impl Dispatcher {
             .unwrap_or_else(|e| e.into_inner())
             .insert(obs.run_id, print);
         Ok(())
+    }
+
+    /// Fetches the tail of the first failed step's log from the executor and stores it
+    /// redacted, once per run. Best effort: a log that cannot be read is logged and the run
+    /// finishes without it.
+    async fn keep_log_tail(&self, run: &Run) {
+        let steps = match self.store.steps(run.id).await {
+            Ok(steps) => steps,
+            Err(e) => {
+                tracing::warn!(run = %run.id, error = %e, "no log tail: reading the steps failed");
+                return;
+            }
+        };
+        let Some(step) = steps.iter().find(|s| s.state == StepState::Failed) else {
+            return;
+        };
+        let job = match self.job(run) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(run = %run.id, error = %e, "no log tail");
+                return;
+            }
+        };
+        let request = LogRequest {
+            run: run.id,
+            namespace: job.context.namespace.as_deref(),
+            pipeline: &job.pipeline,
+            step: &step.name,
+            lines: LOG_TAIL_LINES,
+            bytes: LOG_TAIL_BYTES,
+        };
+        let fetched =
+            match tokio::time::timeout(LOG_TAIL_TIMEOUT, self.executor.log_tail(request)).await {
+                Ok(Ok(Some(fetched))) => fetched,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(run = %run.id, step = %step.name, error = %e,
+                        "the failed step's log could not be read");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(run = %run.id, step = %step.name,
+                        "the failed step's log could not be read in time");
+                    return;
+                }
+            };
+        let text = crate::service::summary::redact(&fetched.text, &fetched.secrets);
+        if let Err(e) = self.store.set_log_tail(run.id, &step.name, &text).await {
+            tracing::warn!(run = %run.id, error = %e, "storing the log tail failed");
+        }
     }
 
     /// Passes cancel requests ([`Store::request_cancel`] of a started run) to the executor, once

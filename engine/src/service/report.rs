@@ -267,6 +267,10 @@ impl Reporter {
             .filter_map(|i| i.payload.get("step").and_then(|s| s.as_str()))
             .collect();
         let steps = self.store.steps(run.id).await?;
+        let log_tail = match run.state {
+            RunState::Failed => self.store.log_tails(run.id).await?.into_iter().next(),
+            _ => None,
+        };
         let report = RunReport {
             reporter: self,
             forge: forge.as_ref(),
@@ -278,6 +282,7 @@ impl Reporter {
                 .get(&project.name)
                 .map_or(&[][..], Vec::as_slice),
             sent: self.store.sent_statuses(run.id).await?,
+            log_tail: log_tail.map(|t| t.text),
             now: now_millis(),
         };
         let changed_steps: Vec<&Step> = steps

@@ -39,8 +39,8 @@ pub struct SummaryInput<'a> {
     pub baseline: Option<Baseline<'a>>,
     /// Links to show.
     pub links: &'a Links,
-    /// The tail of the first failed step's log. **Hook**: nothing fills it yet; the log
-    /// collector will. It is redacted here like every other text.
+    /// The tail of the first failed step's log (stored by the dispatcher when the run failed,
+    /// already redacted with the executor's secrets). It is redacted here like every other text.
     pub log_tail: Option<&'a str>,
     /// Every secret value the run can see, replaced by `***` wherever it appears.
     pub secrets: &'a [String],

@@ -70,7 +70,34 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V7_SQLITE,
         postgres: V7_POSTGRES,
     },
+    Migration {
+        version: 10,
+        name: "log tails of failed steps",
+        sqlite: V10_SQLITE,
+        postgres: V10_POSTGRES,
+    },
 ];
+
+/// Log tails (`store::logs`): the redacted last lines of a failed step's log, fetched once.
+const V10_SQLITE: &str = "
+CREATE TABLE step_logs (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    step TEXT NOT NULL,
+    tail TEXT NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+";
+
+const V10_POSTGRES: &str = "
+CREATE TABLE step_logs (
+    run_id BIGINT NOT NULL REFERENCES runs (id),
+    step TEXT NOT NULL,
+    tail TEXT NOT NULL,
+    fetched_at BIGINT NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+";
 
 /// Comment commands and trust (`service::commands`): why a run waits (`approval`: for
 /// `/ferry ok-to-test`), a cancel asked of a started run (the dispatcher passes it to the

@@ -1048,3 +1048,53 @@ fn secret_variables_are_upper_case_with_underscores() {
     };
     assert_eq!(env::secret_var(&secret), "FERRY_SECRET_WANDB_PROD_API_KEY");
 }
+
+#[tokio::test]
+async fn the_log_tail_of_a_failed_step_comes_with_the_secrets_it_could_see() {
+    let mut h = Harness::with_env(0, &[("FERRY_SECRET_HUB_TOKEN", "hf_s3cret")]);
+    let yaml = r#"
+version: 1
+name: tails
+defaults: { image: img:1 }
+steps:
+  - name: train
+    kind: train
+    secret_env: { HF_TOKEN: hub/token }
+    run: |
+      for i in 1 2 3 4 5; do echo "epoch $i"; done
+      echo "logging in with $HF_TOKEN"
+      exit 3
+"#;
+    let job = h.job(yaml, Source::Dir(h.work()), &"a".repeat(40), &[]);
+    h.exec.submit(&job).await.expect("submitted");
+    let (last, _) = h.finish(job.run_id).await;
+    assert_eq!(step(&last, "train").state, StepState::Failed);
+    let request = LogRequest {
+        run: job.run_id,
+        namespace: None,
+        pipeline: &job.pipeline,
+        step: "train",
+        lines: 3,
+        bytes: 4096,
+    };
+    let got = h
+        .exec
+        .log_tail(request)
+        .await
+        .expect("read")
+        .expect("a log");
+    assert_eq!(got.secrets, ["hf_s3cret"]);
+    let lines: Vec<&str> = got.text.lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0], "epoch 5");
+    assert_eq!(
+        lines[1], "logging in with hf_s3cret",
+        "raw: the caller redacts"
+    );
+    assert!(lines[2].starts_with("ferry: attempt "), "{lines:?}");
+    let missing = LogRequest {
+        step: "nope",
+        ..request
+    };
+    assert!(h.exec.log_tail(missing).await.expect("read").is_none());
+}

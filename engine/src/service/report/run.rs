@@ -64,6 +64,8 @@ pub(super) struct RunReport<'a> {
     pub(super) steps: &'a [Step],
     pub(super) secrets: &'a [String],
     pub(super) sent: HashMap<String, String>,
+    /// The stored (redacted) tail of the first failed step's log, for a failed run.
+    pub(super) log_tail: Option<String>,
     pub(super) now: i64,
 }
 
@@ -103,7 +105,7 @@ impl RunReport<'_> {
             pipeline,
             baseline,
             links,
-            log_tail: None,
+            log_tail: self.log_tail.as_deref(),
             secrets: self.secrets,
             now: self.now,
         }
