@@ -19,11 +19,12 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, ProjectConfig};
-use crate::event::{Event, EventKind as Ev, ForgeKind, MergeRequestAction};
+use crate::event::{BranchChange, Event, EventKind as Ev, ForgeKind, MergeRequestAction};
 use crate::forge::clients::Forges;
 use crate::forge::report::{Forge, ForgeError};
 use crate::pipeline::{self, EventKind as Trigger};
 use crate::profile::Profile;
+use crate::service::concurrency;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{
@@ -229,6 +230,9 @@ impl Planner {
         if let Ev::Comment(comment) = &stored.event.kind {
             self.plan_comment(project, stored, comment).await?;
         }
+        if self.cancel_ended(project, &stored.event).await? > 0 {
+            self.wake_dispatcher();
+        }
         if let Some(target) = Target::of(&stored.event) {
             let created = self
                 .plan_target(project, stored.id, &stored.event, &target)
@@ -313,13 +317,21 @@ impl Planner {
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            let (_, new) = match &waits {
+            let new = match &waits {
                 Some(why) => {
                     self.store
                         .create_waiting_run(&run, WaitReason::Approval, why)
                         .await?
+                        .1
                 }
-                None => self.store.create_run(&run).await?,
+                None => {
+                    let (id, new) = self.store.create_run(&run).await?;
+                    if new {
+                        concurrency::cancel_superseded_with(&self.store, id, &run, p.concurrency)
+                            .await?;
+                    }
+                    new
+                }
             };
             created += usize::from(new);
         }
@@ -330,6 +342,36 @@ impl Planner {
             self.supersede_unapproved(project, mr, &target.sha).await?;
         }
         Ok(created)
+    }
+
+    /// Cancels the unfinished runs of a merge request that was closed or merged, and the push
+    /// runs of a branch that was deleted. Returns how many were cancelled or asked to stop.
+    async fn cancel_ended(&self, project: &ProjectConfig, event: &Event) -> Result<usize, PlanError> {
+        let cancelled = match &event.kind {
+            Ev::MergeRequest(mr) => {
+                let why = match mr.action {
+                    MergeRequestAction::Closed => "the merge request was closed",
+                    MergeRequestAction::Merged => "the merge request was merged",
+                    MergeRequestAction::Opened
+                    | MergeRequestAction::Updated
+                    | MergeRequestAction::Reopened
+                    | MergeRequestAction::ReadyForReview
+                    | MergeRequestAction::Other => return Ok(0),
+                };
+                let Ok(number) = i64::try_from(mr.number) else {
+                    return Ok(0);
+                };
+                concurrency::cancel_merge_request_runs(&self.store, &project.name, number, why)
+                    .await?
+            }
+            Ev::BranchPush(push) if push.change == BranchChange::Deleted => {
+                let why = format!("the branch {} was deleted", push.branch);
+                concurrency::cancel_branch_runs(&self.store, &project.name, &push.branch, &why)
+                    .await?
+            }
+            Ev::BranchPush(_) | Ev::TagPush(_) | Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => 0,
+        };
+        Ok(cancelled)
     }
 
     /// One failed run per invalid file, carrying its problems.

@@ -403,6 +403,8 @@ pub fn run_description(input: &SummaryInput<'_>) -> String {
     match run.state {
         RunState::Queued => "queued".to_owned(),
         RunState::Waiting => match &run.message {
+            // A quota's message says it is waiting (`service::quota`).
+            Some(m) if m.starts_with("waiting") => redact(m, input.secrets),
             Some(m) => format!("waiting: {}", redact(m, input.secrets)),
             None => "waiting for quota or approval".to_owned(),
         },

@@ -30,6 +30,7 @@ mod control;
 mod events;
 mod forge_state;
 mod outbox;
+mod quota;
 mod runs;
 pub mod schema;
 pub mod states;
@@ -41,6 +42,8 @@ mod tests;
 mod tests_commands;
 #[cfg(test)]
 mod tests_forge;
+#[cfg(test)]
+mod tests_quota;
 #[cfg(test)]
 mod tests_runs;
 #[cfg(test)]
