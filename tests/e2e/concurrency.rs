@@ -219,7 +219,11 @@ impl World {
         );
         git(
             self.up.path(),
-            &["update-ref", &format!("refs/merge-requests/{MR}/head"), &sha],
+            &[
+                "update-ref",
+                &format!("refs/merge-requests/{MR}/head"),
+                &sha,
+            ],
         );
         sha
     }
@@ -493,10 +497,18 @@ async fn gpu_quota_admits_in_order_and_fails_what_can_never_fit() {
     let release = data.path().join("release");
     let up = TempDir::new("quota-gpus-upstream");
     git(up.path(), &["init", "-q", "-b", "main"]);
-    let pipelines = [("big", 6, true), ("four", 4, false), ("two", 2, false), ("huge", 16, false)];
+    let pipelines = [
+        ("big", 6, true),
+        ("four", 4, false),
+        ("two", 2, false),
+        ("huge", 16, false),
+    ];
     for (name, gpus, hold) in pipelines {
         let run = if hold {
-            format!("while [ ! -f '{}' ]; do sleep 0.05; done", release.display())
+            format!(
+                "while [ ! -f '{}' ]; do sleep 0.05; done",
+                release.display()
+            )
         } else {
             "true".to_owned()
         };

@@ -13,7 +13,11 @@
 //!
 //! Runs created `waiting` for an approval supersede nothing until they are approved: an author
 //! without write access cannot stop anyone's runs.
+//!
+//! The planner also cancels the unfinished runs of a merge request that is closed or merged, and
+//! the push runs of a branch that is deleted ([`cancel_ended`]).
 
+use crate::event::{BranchChange, Event, EventKind as Ev, MergeRequestAction};
 use crate::pipeline::{self, Concurrency, ConcurrencyGroup, EventKind};
 use crate::store::{CancelOutcome, NewRun, Run, RunId, Store, StoreError};
 
@@ -152,6 +156,39 @@ async fn supersede(
         })
         .collect();
     cancel_all(store, &older, &message).await
+}
+
+/// Cancels the unfinished runs of a merge request that `event` closes or merges, and the push
+/// runs of a branch it deletes. Returns how many were cancelled or asked to stop.
+pub async fn cancel_ended(
+    store: &Store,
+    project: &str,
+    event: &Event,
+) -> Result<usize, StoreError> {
+    match &event.kind {
+        Ev::MergeRequest(mr) => {
+            let why = match mr.action {
+                MergeRequestAction::Closed => "the merge request was closed",
+                MergeRequestAction::Merged => "the merge request was merged",
+                MergeRequestAction::Opened
+                | MergeRequestAction::Updated
+                | MergeRequestAction::Reopened
+                | MergeRequestAction::ReadyForReview
+                | MergeRequestAction::Other => return Ok(0),
+            };
+            match i64::try_from(mr.number) {
+                Ok(number) => cancel_merge_request_runs(store, project, number, why).await,
+                Err(_) => Ok(0),
+            }
+        }
+        Ev::BranchPush(push) if push.change == BranchChange::Deleted => {
+            let why = format!("the branch {} was deleted", push.branch);
+            cancel_branch_runs(store, project, &push.branch, &why).await
+        }
+        Ev::BranchPush(_) | Ev::TagPush(_) | Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => {
+            Ok(0)
+        }
+    }
 }
 
 /// Cancels the unfinished runs of `project`'s merge request `mr` (it was closed or merged).

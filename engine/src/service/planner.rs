@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, ProjectConfig};
-use crate::event::{BranchChange, Event, EventKind as Ev, ForgeKind, MergeRequestAction};
+use crate::event::{Event, EventKind as Ev, ForgeKind, MergeRequestAction};
 use crate::forge::clients::Forges;
 use crate::forge::report::{Forge, ForgeError};
 use crate::pipeline::{self, EventKind as Trigger};
@@ -230,7 +230,7 @@ impl Planner {
         if let Ev::Comment(comment) = &stored.event.kind {
             self.plan_comment(project, stored, comment).await?;
         }
-        if self.cancel_ended(project, &stored.event).await? > 0 {
+        if concurrency::cancel_ended(&self.store, &project.name, &stored.event).await? > 0 {
             self.wake_dispatcher();
         }
         if let Some(target) = Target::of(&stored.event) {
@@ -342,36 +342,6 @@ impl Planner {
             self.supersede_unapproved(project, mr, &target.sha).await?;
         }
         Ok(created)
-    }
-
-    /// Cancels the unfinished runs of a merge request that was closed or merged, and the push
-    /// runs of a branch that was deleted. Returns how many were cancelled or asked to stop.
-    async fn cancel_ended(&self, project: &ProjectConfig, event: &Event) -> Result<usize, PlanError> {
-        let cancelled = match &event.kind {
-            Ev::MergeRequest(mr) => {
-                let why = match mr.action {
-                    MergeRequestAction::Closed => "the merge request was closed",
-                    MergeRequestAction::Merged => "the merge request was merged",
-                    MergeRequestAction::Opened
-                    | MergeRequestAction::Updated
-                    | MergeRequestAction::Reopened
-                    | MergeRequestAction::ReadyForReview
-                    | MergeRequestAction::Other => return Ok(0),
-                };
-                let Ok(number) = i64::try_from(mr.number) else {
-                    return Ok(0);
-                };
-                concurrency::cancel_merge_request_runs(&self.store, &project.name, number, why)
-                    .await?
-            }
-            Ev::BranchPush(push) if push.change == BranchChange::Deleted => {
-                let why = format!("the branch {} was deleted", push.branch);
-                concurrency::cancel_branch_runs(&self.store, &project.name, &push.branch, &why)
-                    .await?
-            }
-            Ev::BranchPush(_) | Ev::TagPush(_) | Ev::Comment(_) | Ev::Rerequested(_) | Ev::Ping => 0,
-        };
-        Ok(cancelled)
     }
 
     /// One failed run per invalid file, carrying its problems.

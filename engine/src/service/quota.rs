@@ -175,9 +175,9 @@ impl Quota {
                 continue;
             }
             let verdict = match &front {
-                Some((id, in_use)) => Err(format!(
-                    "waiting for capacity: behind run {id} ({in_use})"
-                )),
+                Some((id, in_use)) => {
+                    Err(format!("waiting for capacity: behind run {id} ({in_use})"))
+                }
                 None => limits.check(used, need).map_err(|(in_use, needs)| {
                     let message = format!("waiting for capacity: {in_use}{needs}");
                     front = Some((run.id, in_use));

@@ -36,7 +36,11 @@ async fn quota_waits_park_release_and_never_mix_with_approvals() {
             .await
             .expect("submit a");
 
-        assert!(s.park_run(b, "quota, 1 of 1 concurrent runs in use").await.expect("park"));
+        assert!(
+            s.park_run(b, "quota, 1 of 1 concurrent runs in use")
+                .await
+                .expect("park")
+        );
         let parked = s.get_run(b).await.expect("get").expect("b");
         assert_eq!(parked.state, RunState::Waiting);
         assert_eq!(
