@@ -326,10 +326,10 @@ impl Planner {
                 }
                 None => {
                     let (id, new) = self.store.create_run(&run).await?;
-                    if new {
-                        concurrency::cancel_superseded_with(&self.store, id, &run, p.concurrency)
-                            .await?;
-                    }
+                    // Also when the run existed: planning again after a failure in between
+                    // finishes what the first attempt started (cancelling is idempotent).
+                    concurrency::cancel_superseded_with(&self.store, id, &run, p.concurrency)
+                        .await?;
                     new
                 }
             };

@@ -231,3 +231,34 @@ pub fn run_gpus(pipeline: &pipeline::Pipeline) -> u32 {
         .map(|s| s.resources.gpu.saturating_mul(s.nodes.max(1)))
         .fold(0, u32::saturating_add)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_say_what_is_in_use() {
+        let limits = Limits {
+            runs: Some(2),
+            gpus: Some(8),
+        };
+        let used = |runs, gpus| Usage { runs, gpus };
+        assert_eq!(limits.check(used(1, 4), 4), Ok(()));
+        assert_eq!(
+            limits.check(used(2, 0), 0),
+            Err(("2 of 2 concurrent runs in use".to_owned(), String::new()))
+        );
+        assert_eq!(
+            limits.check(used(1, 6), 4),
+            Err((
+                "6 of 8 GPUs in use".to_owned(),
+                ", this run needs 4".to_owned()
+            ))
+        );
+        let runs_only = Limits {
+            runs: Some(1),
+            gpus: None,
+        };
+        assert_eq!(runs_only.check(used(0, 1000), 1000), Ok(()));
+    }
+}

@@ -149,10 +149,9 @@ impl Planner {
                 dedup_scope: Some(ctx.scope(index)),
                 steps: p.steps.iter().map(|s| s.name.clone()).collect(),
             };
-            let (id, new) = self.store.create_run(&run).await?;
-            if new {
-                concurrency::cancel_superseded_with(&self.store, id, &run, p.concurrency).await?;
-            }
+            let (id, _) = self.store.create_run(&run).await?;
+            // Also when it existed (the comment planned again): cancelling is idempotent.
+            concurrency::cancel_superseded_with(&self.store, id, &run, p.concurrency).await?;
             queued.push(format!("{} as run #{id}", code_span(&p.name)));
         }
         Ok(Said::Done(format!(
@@ -253,10 +252,8 @@ impl Planner {
             dedup_scope: Some(ctx.scope(index)),
             steps: steps.into_iter().map(|s| s.name).collect(),
         };
-        let (id, created) = self.store.create_run(&new).await?;
-        if created {
-            concurrency::cancel_superseded(&self.store, id, &new).await?;
-        }
+        let (id, _) = self.store.create_run(&new).await?;
+        concurrency::cancel_superseded(&self.store, id, &new).await?;
         Ok(id)
     }
 
