@@ -193,7 +193,7 @@ impl Quota {
                         out.submit.push(run);
                     }
                 }
-                (Ok(()), _) => {
+                (Ok(()), RunState::Queued) => {
                     used.add(need);
                     out.submit.push(run);
                 }
@@ -202,7 +202,17 @@ impl Quota {
                         tracing::info!(run = %run.id, project = %run.project, %message, "run waits for capacity");
                     }
                 }
-                (Err(_), _) => {}
+                // Already waiting: it keeps the message it started waiting with.
+                (Err(_), RunState::Waiting) => {}
+                // Not in the waiting part of a line (`Store::quota_runs`, `holds`).
+                (
+                    _,
+                    RunState::Submitted
+                    | RunState::Running
+                    | RunState::Succeeded
+                    | RunState::Failed
+                    | RunState::Cancelled,
+                ) => {}
             }
         }
         Ok(())

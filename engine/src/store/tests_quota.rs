@@ -96,3 +96,45 @@ async fn quota_waits_park_release_and_never_mix_with_approvals() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_cancel_keeps_its_message_when_the_executor_confirms() {
+    for db in backends("cancel_message").await {
+        let s = &db.store;
+        let mut ids = Vec::new();
+        for sha in ["a", "b"] {
+            let (id, _) = s
+                .create_run(&new_run("resnet", "train", &sha.repeat(40), None))
+                .await
+                .expect("run");
+            s.transition_run(id, RunState::Queued, RunState::Submitted)
+                .await
+                .expect("submit");
+            ids.push(id);
+        }
+        let (asked, other) = (ids[0], ids[1]);
+        assert_eq!(
+            s.request_cancel(asked, "superseded by run 2 (bbbbbbb)")
+                .await
+                .expect("cancel"),
+            CancelOutcome::Requested
+        );
+        for id in [asked, other] {
+            s.transition_run_with(
+                id,
+                RunState::Submitted,
+                RunState::Cancelled,
+                Some("cancelled"),
+            )
+            .await
+            .expect("cancelled");
+        }
+        let message = |id| async move { s.get_run(id).await.expect("get").expect("run").message };
+        assert_eq!(
+            message(asked).await.as_deref(),
+            Some("superseded by run 2 (bbbbbbb)")
+        );
+        // Stopped from outside (nobody asked ferry): the executor's word.
+        assert_eq!(message(other).await.as_deref(), Some("cancelled"));
+    }
+}
