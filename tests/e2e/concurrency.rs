@@ -367,10 +367,16 @@ async fn a_burst_of_pushes_ends_with_only_the_newest_run_and_leaks_no_slot() {
     let done = finished(&w.store, newest.id).await;
     assert_eq!(done.state, RunState::Succeeded, "{done:?}");
     w.report().await;
-    for sha in &shas[..5] {
+    for pair in runs.windows(2) {
+        let (older, newer) = (&pair[0], &pair[1]);
+        let reason = format!(
+            "cancelled: superseded by run {} ({})",
+            newer.id,
+            &newer.sha[..7]
+        );
         assert_eq!(
-            w.status(sha, "train").map(|s| s.0).as_deref(),
-            Some("canceled")
+            w.status(&older.sha, "train"),
+            Some(("canceled".to_owned(), reason))
         );
     }
     assert_eq!(

@@ -422,7 +422,13 @@ pub fn run_description(input: &SummaryInput<'_>) -> String {
                 .unwrap_or_default();
             format!("failed: {}", redact(&why, input.secrets))
         }
-        RunState::Cancelled => "cancelled".to_owned(),
+        // Who cancelled it or what superseded it (`cancelled by @dev ...`, `superseded by run 42
+        // (abc1234)`, `the merge request was closed`).
+        RunState::Cancelled => match &run.message {
+            Some(m) if m.starts_with("cancelled") => redact(m, input.secrets),
+            Some(m) => format!("cancelled: {}", redact(m, input.secrets)),
+            None => "cancelled".to_owned(),
+        },
     }
 }
 
