@@ -10,7 +10,8 @@
 //! superseded by the next, and a later push still runs (no slot leaked); a quota wait reported as
 //! a pending status with its reason; GPU quotas admitting in order (a small run never overtakes a
 //! large one) and failing a run that could never fit; closing a merge request and deleting a
-//! branch cancelling their runs, waiting or running.
+//! branch cancelling their runs, waiting or running; push, manual and merge request runs of one
+//! branch superseding each other under `group: branch`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -492,6 +493,53 @@ async fn deleting_a_branch_cancels_its_push_runs() {
             Some("the branch feature was deleted")
         );
     }
+    w.finish().await;
+}
+
+/// `group: branch`: a push run, a manual run of the branch and a merge request run from it are one
+/// group; each newer one supersedes the one before, whatever triggered it.
+#[tokio::test]
+async fn manual_and_merge_request_runs_join_the_group_of_their_branch() {
+    let on = "  push:\n    branches: [feature]\n  merge_request:\n    target_branches: [main]";
+    let group = "concurrency: { group: branch, cancel_in_progress: true }\n";
+    let w = world("max_concurrent_runs: 2", |release| {
+        vec![("t.yaml".to_owned(), held("t", on, group, release))]
+    })
+    .await;
+    let sha = w.new_commit();
+    w.push(&"0".repeat(40), &sha).await;
+    let push = w.runs().await.pop().expect("push run");
+    assert_eq!(push.trigger, Trigger::Push);
+    executing(&w.store, push.id).await;
+    let request = ferry_engine::service::manual::ManualRequest {
+        project: "resnet".into(),
+        pipeline: "t".into(),
+        git_ref: Some("feature".into()),
+        ..Default::default()
+    };
+    let manual = w.planner.trigger(&request).await.expect("manual run");
+    let sha7 = &sha[..7];
+    let done = finished(&w.store, push.id).await;
+    assert_eq!(done.state, RunState::Cancelled);
+    assert_eq!(
+        done.message,
+        Some(format!("superseded by run {manual} ({sha7})"))
+    );
+    w.merge_request("open", &sha).await;
+    let mr = w.runs().await.pop().expect("merge request run");
+    assert_eq!(
+        (mr.trigger, mr.mr),
+        (Trigger::MergeRequest, Some(MR as i64))
+    );
+    let done = finished(&w.store, manual).await;
+    assert_eq!(done.state, RunState::Cancelled);
+    assert_eq!(
+        done.message,
+        Some(format!("superseded by run {} ({sha7})", mr.id))
+    );
+    w.let_go();
+    let done = finished(&w.store, mr.id).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:?}");
     w.finish().await;
 }
 
