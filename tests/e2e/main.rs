@@ -22,6 +22,9 @@
 //!   executed by the local executor.
 //! - `commands`: `/ferry` comment commands and `/ferry ok-to-test` on a fake GitLab / GitHub:
 //!   who may, what runs, cancels through the local executor, one answer per comment.
+//! - `concurrency`: `cancel_in_progress` superseding older runs (a burst of pushes under a limit
+//!   of one ends with only the newest run), closed merge requests and deleted branches cancelling
+//!   their runs, per-project quotas waiting in order and reported as pending.
 //! - `serve_argo`: `ferry serve` with `executor: argo` from a signed push over HTTP to the
 //!   workflow on the fake API and the run's end in the store; refusals, outages, restarts.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
@@ -34,6 +37,7 @@ mod argo_executor;
 mod argo_schema;
 mod cli;
 mod commands;
+mod concurrency;
 mod dashboard;
 mod distributed;
 mod executing;

@@ -218,7 +218,7 @@ async fn feature_branches_deletions_and_restarts() {
     // A new branch: changed files are those since the merge base with the default branch.
     w.push("f1", "feature/x", ZERO, &feature, "feature work")
         .await;
-    // A branch deletion starts nothing.
+    // A branch deletion starts nothing, and cancels the branch's unfinished push runs.
     w.push("f2", "feature/x", &feature, ZERO, "").await;
     // Stored but not planned before a "restart": a new planner on the same store plans them.
     let restarted = Planner::new(
@@ -230,8 +230,8 @@ async fn feature_branches_deletions_and_restarts() {
     assert_eq!(restarted.plan_pending().await.expect("plans"), 2);
     assert_eq!(
         w.runs_at(&feature).await,
-        vec![("lint".into(), RunState::Queued)],
-        "train runs on main only"
+        vec![("lint".into(), RunState::Cancelled)],
+        "train runs on main only; the deletion cancelled lint"
     );
     assert!(w.runs_at(&base).await.is_empty());
     assert_eq!(

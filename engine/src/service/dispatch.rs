@@ -1,7 +1,8 @@
 //! Dispatching: queued runs go to the executor, and what the executor observes goes into the store.
 //!
 //! Two loops share one [`Dispatcher`]:
-//! - the **submitter** takes queued runs oldest first, loads the pipeline the run holds (as
+//! - the **submitter** takes queued runs oldest first (those their project's quota admits,
+//!   `service::quota`; the others wait for capacity), loads the pipeline the run holds (as
 //!   validated at its commit) against the current profile, records the steps gated out at creation
 //!   as `skipped`, and submits the run. Executors make submission idempotent (fixed workflow names,
 //!   "already exists" is success), so a crash between submit and the store's write submits again
@@ -35,6 +36,7 @@ use crate::pipeline::{self, Pipeline};
 use crate::profile::Profile;
 use crate::render::{RunContext, decide_skips};
 use crate::service::mirror::Mirrors;
+use crate::service::quota::Quota;
 use crate::store::{NewRun, Run, RunId, RunState, Step, StepChange, StepState, Store, StoreError};
 
 /// Most queued runs one submitter pass takes.
@@ -74,6 +76,8 @@ pub struct Dispatcher {
     metrics: Arc<crate::metrics::Metrics>,
     /// Runs whose cancel request this process passed to the executor.
     cancelling: Mutex<HashSet<RunId>>,
+    /// Per-project limits on what is submitted.
+    quota: Quota,
 }
 
 impl Dispatcher {
@@ -86,6 +90,7 @@ impl Dispatcher {
         data_dir: PathBuf,
     ) -> Dispatcher {
         Dispatcher {
+            quota: Quota::new(store.clone(), Arc::clone(&config), Arc::clone(&profile)),
             store,
             config,
             profile,
@@ -132,11 +137,18 @@ impl Dispatcher {
         let observer = {
             let me = Arc::clone(&self);
             let mut stop = stop.clone();
+            let wake = Arc::clone(&wake);
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         obs = observations.recv() => match obs {
-                            Some(obs) => me.apply_logged(&obs).await,
+                            Some(obs) => {
+                                me.apply_logged(&obs).await;
+                                // A finished run frees capacity a waiting run may take.
+                                if obs.phase.is_final() {
+                                    wake.notify_one();
+                                }
+                            }
                             None => return,
                         },
                         _ = stop.changed() => if *stop.borrow() { return },
@@ -218,12 +230,18 @@ impl Dispatcher {
         }
     }
 
-    /// One submitter pass: every queued run that is not backing off is submitted. Returns how many
-    /// were submitted.
+    /// One submitter pass: every queued run that is not backing off and that its project's quota
+    /// admits ([`Quota::admit`]) is submitted. Returns how many were submitted.
     pub async fn submit_queued(&self) -> Result<usize, DispatchError> {
         let mut submitted = 0;
         let now = Instant::now();
-        for run in self.store.runs_in_state(RunState::Queued, BATCH).await? {
+        let queued = self.store.runs_in_state(RunState::Queued, BATCH).await?;
+        let admission = self.quota.admit(queued).await?;
+        for (run, message) in &admission.fail {
+            tracing::warn!(run = %run.id, project = %run.project, %message, "the run can never fit its project's quota");
+            self.finish_unsubmitted(run, message).await?;
+        }
+        for run in admission.submit {
             let due = {
                 let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 backoff.get(&run.id).is_none_or(|(_, at)| *at <= now)

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::pipeline::{self, EventKind, UndeclaredParam};
 use crate::problem::Problems;
+use crate::service::concurrency;
 use crate::service::mirror::{DEFAULT_REFSPECS, MirrorError};
 use crate::service::planner::Planner;
 use crate::store::{NewRun, RunId, RunState, StoreError};
@@ -177,6 +178,7 @@ impl Planner {
             .store
             .create_run_by(&run, req.triggered_by.as_deref())
             .await?;
+        concurrency::cancel_superseded_with(&self.store, id, &run, pipeline.concurrency).await?;
         tracing::info!(run = %id, project = %run.project, pipeline = %run.pipeline, sha = %run.sha,
             "manual run queued");
         if let Some(wake) = &self.runs_created {

@@ -3,6 +3,7 @@
 //! API (`operations`: a run in full, reruns, cancelling).
 
 pub mod commands;
+pub mod concurrency;
 pub mod dispatch;
 pub mod intake;
 pub mod manual;
@@ -10,6 +11,7 @@ pub mod matching;
 pub mod mirror;
 pub mod operations;
 pub mod planner;
+pub mod quota;
 pub mod report;
 pub mod summary;
 mod trust;

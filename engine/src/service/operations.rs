@@ -19,6 +19,7 @@
 use crate::config::Config;
 use crate::event::{Actor, EventKind as ForgeEventKind, ForgeKind};
 use crate::problem::Problem;
+use crate::service::concurrency;
 use crate::service::planner::Planner;
 use crate::service::summary::{Links, lower_is_better, metrics_of};
 use crate::store::{NewRun, Page, Run, RunFilter, RunId, RunState, Step, Store, StoreError};
@@ -286,6 +287,7 @@ impl Planner {
             steps: steps.into_iter().map(|s| s.name).collect(),
         };
         let (id, _) = self.store.create_run_by(&new, triggered_by).await?;
+        concurrency::cancel_superseded(&self.store, id, &new).await?;
         tracing::info!(run = %id, rerun_of = %source.id, project = %new.project,
             pipeline = %new.pipeline, sha = %new.sha, failed_only, "rerun queued");
         if let Some(wake) = &self.runs_created {

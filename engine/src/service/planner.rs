@@ -24,6 +24,7 @@ use crate::forge::clients::Forges;
 use crate::forge::report::{Forge, ForgeError};
 use crate::pipeline::{self, EventKind as Trigger};
 use crate::profile::Profile;
+use crate::service::concurrency;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{
@@ -229,6 +230,9 @@ impl Planner {
         if let Ev::Comment(comment) = &stored.event.kind {
             self.plan_comment(project, stored, comment).await?;
         }
+        if concurrency::cancel_ended(&self.store, &project.name, &stored.event).await? > 0 {
+            self.wake_dispatcher();
+        }
         if let Some(target) = Target::of(&stored.event) {
             let created = self
                 .plan_target(project, stored.id, &stored.event, &target)
@@ -313,13 +317,21 @@ impl Planner {
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            let (_, new) = match &waits {
+            let new = match &waits {
                 Some(why) => {
                     self.store
                         .create_waiting_run(&run, WaitReason::Approval, why)
                         .await?
+                        .1
                 }
-                None => self.store.create_run(&run).await?,
+                None => {
+                    let (id, new) = self.store.create_run(&run).await?;
+                    // Also when the run existed: planning again after a failure in between
+                    // finishes what the first attempt started (cancelling is idempotent).
+                    concurrency::cancel_superseded_with(&self.store, id, &run, p.concurrency)
+                        .await?;
+                    new
+                }
             };
             created += usize::from(new);
         }

@@ -403,6 +403,8 @@ pub fn run_description(input: &SummaryInput<'_>) -> String {
     match run.state {
         RunState::Queued => "queued".to_owned(),
         RunState::Waiting => match &run.message {
+            // A quota's message says it is waiting (`service::quota`).
+            Some(m) if m.starts_with("waiting") => redact(m, input.secrets),
             Some(m) => format!("waiting: {}", redact(m, input.secrets)),
             None => "waiting for quota or approval".to_owned(),
         },
@@ -420,7 +422,13 @@ pub fn run_description(input: &SummaryInput<'_>) -> String {
                 .unwrap_or_default();
             format!("failed: {}", redact(&why, input.secrets))
         }
-        RunState::Cancelled => "cancelled".to_owned(),
+        // Who cancelled it or what superseded it (`cancelled by @dev ...`, `superseded by run 42
+        // (abc1234)`, `the merge request was closed`).
+        RunState::Cancelled => match &run.message {
+            Some(m) if m.starts_with("cancelled") => redact(m, input.secrets),
+            Some(m) => format!("cancelled: {}", redact(m, input.secrets)),
+            None => "cancelled".to_owned(),
+        },
     }
 }
 

@@ -27,6 +27,9 @@ pub enum WaitReason {
     /// For `/ferry ok-to-test`: the merge request comes from a fork or from an author without
     /// write access.
     Approval,
+    /// For capacity: the project's `max_concurrent_runs` or `max_gpus` is used up
+    /// (`service::quota`).
+    Quota,
 }
 
 impl WaitReason {
@@ -34,6 +37,7 @@ impl WaitReason {
     pub fn as_str(self) -> &'static str {
         match self {
             WaitReason::Approval => "approval",
+            WaitReason::Quota => "quota",
         }
     }
 }
@@ -89,16 +93,23 @@ impl Store {
     /// and message, with its outbox row. Returns `false` (and writes nothing) when the run is not
     /// waiting for an approval (any more).
     pub async fn approve_run(&self, id: RunId) -> Result<bool, StoreError> {
+        self.release_run(id, WaitReason::Approval).await
+    }
+
+    /// Releases a run waiting for `reason` (and for nothing else): `waiting` -> `queued`, clearing
+    /// its wait reason and message, with its outbox row. Returns `false` (and writes nothing) when
+    /// the run is not waiting for that reason (any more).
+    pub async fn release_run(&self, id: RunId, reason: WaitReason) -> Result<bool, StoreError> {
         let now = now_millis();
         let payload = json!({"run": id.get(), "state": RunState::Queued.as_str()}).to_string();
-        let approved = write_tx!(self, |tx| {
+        let released = write_tx!(self, |tx| {
             let done = sqlx::query(
                 "UPDATE runs SET state = 'queued', wait_reason = NULL, message = NULL, \
                  updated_at = $2 WHERE id = $1 AND state = 'waiting' AND wait_reason = $3",
             )
             .bind(id.get())
             .bind(now)
-            .bind(WaitReason::Approval.as_str())
+            .bind(reason.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -107,10 +118,10 @@ impl Store {
             }
             done == 1
         });
-        if approved {
+        if released {
             self.outbox_added.notify_one();
         }
-        Ok(approved)
+        Ok(released)
     }
 
     /// Cancels run `id`, with `message` as its message: at once when it has not reached the

@@ -31,6 +31,7 @@ mod events;
 mod forge_state;
 mod logs;
 mod outbox;
+mod quota;
 mod runs;
 pub mod schema;
 pub mod states;
@@ -42,6 +43,8 @@ mod tests;
 mod tests_commands;
 #[cfg(test)]
 mod tests_forge;
+#[cfg(test)]
+mod tests_quota;
 #[cfg(test)]
 mod tests_runs;
 #[cfg(test)]

@@ -510,7 +510,9 @@ impl Store {
         self.transition_run_with(id, from, to, None).await
     }
 
-    /// [`Store::transition_run`], also recording `message` as the run's message when given.
+    /// [`Store::transition_run`], also recording `message` as the run's message when given, except
+    /// when a run whose cancel was requested becomes `cancelled`: it keeps the request's message
+    /// (who cancelled it, or which run superseded it), not the executor's "cancelled".
     pub async fn transition_run_with(
         &self,
         id: RunId,
@@ -529,7 +531,8 @@ impl Store {
             let done = sqlx::query(
                 "UPDATE runs SET state = $3, updated_at = $4, \
                  started_at = COALESCE(started_at, $5), finished_at = COALESCE($6, finished_at), \
-                 message = COALESCE($7, message) WHERE id = $1 AND state = $2",
+                 message = CASE WHEN $3 = 'cancelled' AND cancel_requested_at IS NOT NULL \
+                 THEN message ELSE COALESCE($7, message) END WHERE id = $1 AND state = $2",
             )
             .bind(id.get())
             .bind(from.as_str())

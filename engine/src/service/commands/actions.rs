@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::text::code_span;
 use super::{Ctx, Said};
 use crate::pipeline::{self, EventKind as Trigger, Pipeline, UndeclaredParam};
+use crate::service::concurrency;
 use crate::service::mirror::{MirrorError, merge_request_ref};
 use crate::service::planner::{PlanError, Planner, refspecs, text_of};
 use crate::store::{CancelOutcome, NewRun, Page, Run, RunFilter, RunId, RunState};
@@ -149,6 +150,8 @@ impl Planner {
                 steps: p.steps.iter().map(|s| s.name.clone()).collect(),
             };
             let (id, _) = self.store.create_run(&run).await?;
+            // Also when it existed (the comment planned again): cancelling is idempotent.
+            concurrency::cancel_superseded_with(&self.store, id, &run, p.concurrency).await?;
             queued.push(format!("{} as run #{id}", code_span(&p.name)));
         }
         Ok(Said::Done(format!(
@@ -249,7 +252,9 @@ impl Planner {
             dedup_scope: Some(ctx.scope(index)),
             steps: steps.into_iter().map(|s| s.name).collect(),
         };
-        Ok(self.store.create_run(&new).await?.0)
+        let (id, _) = self.store.create_run(&new).await?;
+        concurrency::cancel_superseded(&self.store, id, &new).await?;
+        Ok(id)
     }
 
     /// `/ferry cancel [PIPELINE]`: the merge request's unfinished runs, at any commit.
@@ -307,6 +312,7 @@ impl Planner {
         let mut approved = Vec::new();
         for run in waiting.iter().filter(|r| r.sha == head) {
             if self.store.approve_run(run.id).await? {
+                concurrency::cancel_superseded_by(&self.store, run).await?;
                 approved.push(run.id);
             }
         }

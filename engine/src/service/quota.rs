@@ -1,0 +1,274 @@
+//! Per-project quotas: which queued runs the submitter may hand to the executor now.
+//!
+//! A project's `max_concurrent_runs` counts its runs the executor has (submitted or running);
+//! `max_gpus` counts the GPUs they request: for each run, the sum over its steps of GPUs per node
+//! times nodes, from the pipeline the run holds (every step counted, as if all ran at once: a
+//! quota is a guarantee, not an estimate). A project with neither limit admits every queued run
+//! and costs no query.
+//!
+//! **In order.** The submitter calls [`Quota::admit`] once per pass. For each limited project it
+//! reads the line ([`Store::quota_runs`]: the runs holding capacity, then the queued and the
+//! capacity-waiting runs oldest first) and admits from the front while the limits allow. The
+//! first run that does not fit is parked `waiting` ([`Store::park_run`]) with a message saying
+//! what is in use, and every later run waits behind it, even one small enough to fit: a stream
+//! of small runs never starves a large one. A parked run at the front is released
+//! ([`Store::release_run`], for [`WaitReason::Quota`] only) once capacity frees; the dispatcher's
+//! observer wakes the submitter whenever a run finishes. Runs waiting for an approval are not in
+//! the line; once approved they join it at their place (by id).
+//!
+//! A run that alone needs more GPUs than `max_gpus` could never start: it is failed with a
+//! message instead of waiting forever, and does not block the line.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, ProjectConfig};
+use crate::pipeline;
+use crate::profile::Profile;
+use crate::store::{Run, RunId, RunState, Store, StoreError, WaitReason};
+
+/// What the submitter does with the runs of one pass.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Runs to submit now, oldest first (all `queued` in the store).
+    pub submit: Vec<Run>,
+    /// Runs that can never fit, with the message to fail them with.
+    pub fail: Vec<(Run, String)>,
+}
+
+/// Decides admissions against each project's limits.
+pub struct Quota {
+    store: Store,
+    config: Arc<Config>,
+    profile: Arc<Profile>,
+    /// GPUs each run in a line requests, so a pass parses each pipeline once per run.
+    gpus: Mutex<HashMap<RunId, u32>>,
+}
+
+/// A project's limits; `None` means no limit.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    runs: Option<u32>,
+    gpus: Option<u32>,
+}
+
+impl Limits {
+    fn of(project: &ProjectConfig) -> Option<Limits> {
+        let limits = Limits {
+            runs: project.max_concurrent_runs,
+            gpus: project.max_gpus,
+        };
+        (limits.runs.is_some() || limits.gpus.is_some()).then_some(limits)
+    }
+
+    /// `Err` with what is in use when a run needing `need` GPUs does not fit beside `used`, and
+    /// what the run itself adds to that.
+    fn check(self, used: Usage, need: u32) -> Result<(), (String, String)> {
+        if let Some(max) = self.runs
+            && used.runs.saturating_add(1) > max
+        {
+            let in_use = format!("{} of {max} concurrent runs in use", used.runs);
+            return Err((in_use, String::new()));
+        }
+        if let Some(max) = self.gpus
+            && used.gpus.saturating_add(need) > max
+        {
+            let in_use = format!("{} of {max} GPUs in use", used.gpus);
+            return Err((in_use, format!(", this run needs {need}")));
+        }
+        Ok(())
+    }
+}
+
+/// Capacity in use.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    runs: u32,
+    gpus: u32,
+}
+
+impl Usage {
+    fn add(&mut self, gpus: u32) {
+        self.runs = self.runs.saturating_add(1);
+        self.gpus = self.gpus.saturating_add(gpus);
+    }
+}
+
+/// Whether a run in this state holds capacity.
+fn holds(state: RunState) -> bool {
+    match state {
+        RunState::Submitted | RunState::Running => true,
+        RunState::Queued
+        | RunState::Waiting
+        | RunState::Succeeded
+        | RunState::Failed
+        | RunState::Cancelled => false,
+    }
+}
+
+impl Quota {
+    /// Quotas from `config`'s projects; GPUs are read from pipelines loaded against `profile`.
+    pub fn new(store: Store, config: Arc<Config>, profile: Arc<Profile>) -> Quota {
+        Quota {
+            store,
+            config,
+            profile,
+            gpus: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sorts one pass's `queued` runs (oldest first) into those to submit and those to fail,
+    /// parking and releasing the runs of limited projects on the way (see the module docs).
+    pub async fn admit(&self, queued: Vec<Run>) -> Result<Admission, StoreError> {
+        let limited: Vec<(&ProjectConfig, Limits)> = self
+            .config
+            .projects
+            .iter()
+            .filter_map(|p| Limits::of(p).map(|l| (p, l)))
+            .collect();
+        let mut out = Admission {
+            submit: queued
+                .into_iter()
+                .filter(|r| !limited.iter().any(|(p, _)| p.name == r.project))
+                .collect(),
+            fail: Vec::new(),
+        };
+        if limited.is_empty() {
+            return Ok(out);
+        }
+        let mut seen = HashSet::new();
+        for (project, limits) in limited {
+            let line = self.store.quota_runs(&project.name).await?;
+            seen.extend(line.iter().map(|r| r.id));
+            self.admit_line(line, limits, &mut out).await?;
+        }
+        self.gpus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| seen.contains(id));
+        out.submit.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Admits from the front of one project's line (oldest first) while `limits` allow.
+    async fn admit_line(
+        &self,
+        line: Vec<Run>,
+        limits: Limits,
+        out: &mut Admission,
+    ) -> Result<(), StoreError> {
+        let mut used = Usage::default();
+        for run in line.iter().filter(|r| holds(r.state)) {
+            used.add(self.gpus_of(run, limits));
+        }
+        // The first run that did not fit, and what was in use then.
+        let mut front: Option<(RunId, String)> = None;
+        for mut run in line.into_iter().filter(|r| !holds(r.state)) {
+            let need = self.gpus_of(&run, limits);
+            if let Some(max) = limits.gpus
+                && need > max
+            {
+                let message = format!(
+                    "needs {need} GPUs, more than the project's max_gpus of {max}: it can never start"
+                );
+                out.fail.push((run, message));
+                continue;
+            }
+            let verdict = match &front {
+                Some((id, in_use)) => {
+                    Err(format!("waiting for capacity: behind run {id} ({in_use})"))
+                }
+                None => limits.check(used, need).map_err(|(in_use, needs)| {
+                    let message = format!("waiting for capacity: {in_use}{needs}");
+                    front = Some((run.id, in_use));
+                    message
+                }),
+            };
+            match (verdict, run.state) {
+                (Ok(()), RunState::Waiting) => {
+                    used.add(need);
+                    if self.store.release_run(run.id, WaitReason::Quota).await? {
+                        tracing::info!(run = %run.id, project = %run.project, "capacity freed; run released");
+                        run.state = RunState::Queued;
+                        out.submit.push(run);
+                    }
+                }
+                (Ok(()), RunState::Queued) => {
+                    used.add(need);
+                    out.submit.push(run);
+                }
+                (Err(message), RunState::Queued) => {
+                    if self.store.park_run(run.id, &message).await? {
+                        tracing::info!(run = %run.id, project = %run.project, %message, "run waits for capacity");
+                    }
+                }
+                // Already waiting: it keeps the message it started waiting with.
+                (Err(_), RunState::Waiting) => {}
+                // Not in the waiting part of a line (`Store::quota_runs`, `holds`).
+                (
+                    _,
+                    RunState::Submitted
+                    | RunState::Running
+                    | RunState::Succeeded
+                    | RunState::Failed
+                    | RunState::Cancelled,
+                ) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The GPUs `run` requests (0 when the project has no GPU limit, or when its pipeline does not
+    /// load: the submitter then fails it with the problems).
+    fn gpus_of(&self, run: &Run, limits: Limits) -> u32 {
+        if limits.gpus.is_none() {
+            return 0;
+        }
+        let mut cache = self.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        *cache.entry(run.id).or_insert_with(|| {
+            pipeline::load(&run.pipeline_path, &run.pipeline_yaml, Some(&self.profile))
+                .map(|p| run_gpus(&p))
+                .unwrap_or(0)
+        })
+    }
+}
+
+/// The GPUs a run of `pipeline` requests: every step's GPUs per node times its nodes.
+pub fn run_gpus(pipeline: &pipeline::Pipeline) -> u32 {
+    pipeline
+        .steps
+        .iter()
+        .map(|s| s.resources.gpu.saturating_mul(s.nodes.max(1)))
+        .fold(0, u32::saturating_add)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_say_what_is_in_use() {
+        let limits = Limits {
+            runs: Some(2),
+            gpus: Some(8),
+        };
+        let used = |runs, gpus| Usage { runs, gpus };
+        assert_eq!(limits.check(used(1, 4), 4), Ok(()));
+        assert_eq!(
+            limits.check(used(2, 0), 0),
+            Err(("2 of 2 concurrent runs in use".to_owned(), String::new()))
+        );
+        assert_eq!(
+            limits.check(used(1, 6), 4),
+            Err((
+                "6 of 8 GPUs in use".to_owned(),
+                ", this run needs 4".to_owned()
+            ))
+        );
+        let runs_only = Limits {
+            runs: Some(1),
+            gpus: None,
+        };
+        assert_eq!(runs_only.check(used(0, 1000), 1000), Ok(()));
+    }
+}
