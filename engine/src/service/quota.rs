@@ -1,9 +1,10 @@
 //! Per-project quotas: which queued runs the submitter may hand to the executor now.
 //!
 //! A project's `max_concurrent_runs` counts its runs the executor has (submitted or running);
-//! `max_gpus` counts the GPUs they request: for each run, the sum over its steps of GPUs per node
-//! times nodes, from the pipeline the run holds (every step counted, as if all ran at once: a
-//! quota is a guarantee, not an estimate). A project with neither limit admits every queued run
+//! `max_gpus` counts the GPUs they can hold: for each run, the most GPUs its steps can use at the
+//! same time ([`run_gpus`]: steps ordered by `needs` never overlap; independent steps may), from
+//! the pipeline the run holds. A quota is a guarantee, not an estimate: a run is counted at its
+//! peak for as long as it runs. A project with neither limit admits every queued run
 //! and costs no query.
 //!
 //! **In order.** The submitter calls [`Quota::admit`] once per pass. For each limited project it
@@ -233,18 +234,106 @@ impl Quota {
     }
 }
 
-/// The GPUs a run of `pipeline` requests: every step's GPUs per node times its nodes.
+/// The GPUs a run of `pipeline` can hold at once: the largest total over steps that can run at
+/// the same time (GPUs per node times nodes). Steps ordered by `needs`, directly or through
+/// others, never overlap, so a train of 8 GPUs followed by an evaluation of 8 needs 8, while two
+/// independent 4-GPU steps need 8. This is the maximum-weight antichain of the step order,
+/// computed exactly as the total weight less a maximum flow (weighted Dilworth).
 pub fn run_gpus(pipeline: &pipeline::Pipeline) -> u32 {
-    pipeline
+    let weights: Vec<u32> = pipeline
         .steps
         .iter()
         .map(|s| s.resources.gpu.saturating_mul(s.nodes.max(1)))
-        .fold(0, u32::saturating_add)
+        .collect();
+    let needs: Vec<&[usize]> = pipeline.steps.iter().map(|s| s.needs.as_slice()).collect();
+    peak_weight(&weights, &needs)
+}
+
+/// The maximum total weight of pairwise unordered elements of the order `needs` spans (`needs[i]`
+/// names earlier elements `i` comes after).
+fn peak_weight(weights: &[u32], needs: &[&[usize]]) -> u32 {
+    let n = weights.len();
+    let total = weights.iter().fold(0u32, |a, w| a.saturating_add(*w));
+    // after[i][j]: j comes after i (transitively). `needs` name earlier steps, so one pass in
+    // order closes it.
+    let mut after = vec![vec![false; n]; n];
+    for j in 0..n {
+        for &i in needs[j] {
+            if i < j {
+                after[i][j] = true;
+                for k in 0..i {
+                    if after[k][i] {
+                        after[k][j] = true;
+                    }
+                }
+            }
+        }
+    }
+    // Nodes: source 0, out-copies 1..=n, in-copies n+1..=2n, sink 2n+1.
+    let (source, sink) = (0, 2 * n + 1);
+    let mut cap = vec![vec![0u32; 2 * n + 2]; 2 * n + 2];
+    for i in 0..n {
+        cap[source][1 + i] = weights[i];
+        cap[n + 1 + i][sink] = weights[i];
+        for j in 0..n {
+            if after[i][j] {
+                cap[1 + i][n + 1 + j] = u32::MAX;
+            }
+        }
+    }
+    let mut flow = 0u32;
+    loop {
+        // Breadth-first search for an augmenting path.
+        let mut prev = vec![usize::MAX; 2 * n + 2];
+        prev[source] = source;
+        let mut queue = std::collections::VecDeque::from([source]);
+        while let Some(u) = queue.pop_front() {
+            for v in 0..2 * n + 2 {
+                if prev[v] == usize::MAX && cap[u][v] > 0 {
+                    prev[v] = u;
+                    queue.push_back(v);
+                }
+            }
+        }
+        if prev[sink] == usize::MAX {
+            break;
+        }
+        let mut push = u32::MAX;
+        let mut v = sink;
+        while v != source {
+            push = push.min(cap[prev[v]][v]);
+            v = prev[v];
+        }
+        let mut v = sink;
+        while v != source {
+            let u = prev[v];
+            cap[u][v] -= push;
+            cap[v][u] = cap[v][u].saturating_add(push);
+            v = u;
+        }
+        flow = flow.saturating_add(push);
+    }
+    total.saturating_sub(flow)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_needs_the_gpus_of_the_steps_that_can_overlap() {
+        // train(8) -> evaluate(8): never at once.
+        assert_eq!(peak_weight(&[8, 8], &[&[], &[0]]), 8);
+        // Two independent steps.
+        assert_eq!(peak_weight(&[4, 4], &[&[], &[]]), 8);
+        // a(2) -> b(6), a -> c(6), b, c -> d(2): b and c overlap.
+        assert_eq!(peak_weight(&[2, 6, 6, 2], &[&[], &[0], &[0], &[1, 2]]), 12);
+        // a(1) -> b(1) -> c(1), and d(5) beside them all.
+        assert_eq!(peak_weight(&[1, 1, 1, 5], &[&[], &[0], &[1], &[]]), 6);
+        // Order through a step without GPUs still orders: a(4) -> x(0) -> b(4).
+        assert_eq!(peak_weight(&[4, 0, 4], &[&[], &[0], &[1]]), 4);
+        assert_eq!(peak_weight(&[], &[]), 0);
+    }
 
     #[test]
     fn limits_say_what_is_in_use() {
