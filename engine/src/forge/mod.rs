@@ -18,6 +18,7 @@
 //! engine needs no HTTP crate.
 
 pub mod clients;
+pub mod counted;
 pub mod commands;
 pub mod github;
 pub mod gitlab;

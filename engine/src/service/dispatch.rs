@@ -19,6 +19,17 @@
 //! On start, [`Dispatcher::reconcile`] hands the executor every run the store has as submitted or
 //! running: the executor adopts what it still has, and runs it lost are failed (and queued again
 //! as a new run when the executor says the pipeline allows it).
+//!
+//! Several replicas on one PostgreSQL database: the submitter takes queued runs through claims
+//! ([`Store::claim_queued_runs`]), so each run is submitted by one replica, which moves it on
+//! before it lets go of the claim. Every replica follows every started run (an executor that
+//! [`Executor::follows_any_run`]: Argo): each pass it hands the runs other replicas started to
+//! [`Executor::reconcile`] ([`Dispatcher::adopt_started`]), so the runs of a replica that dies are
+//! still followed. Two replicas applying the same observation is harmless: every change is a
+//! compare-and-set, and only the one that moves the run writes its outbox row. Reconcile on start
+//! cannot fail a run another replica follows: a run is `submitted` in the store only after its
+//! workflow exists, and a workflow that exists is adopted, not reported gone. An idle submitter
+//! looks for other replicas' runs every `replicas.poll_ms`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,7 +46,10 @@ use crate::pipeline::{self, Pipeline};
 use crate::profile::Profile;
 use crate::render::{RunContext, decide_skips};
 use crate::service::mirror::Mirrors;
-use crate::store::{NewRun, Run, RunId, RunState, Step, StepChange, StepState, Store, StoreError};
+use crate::store::{
+    Backend, ClaimKind, NewRun, Replica, Run, RunId, RunState, Step, StepChange, StepState, Store,
+    StoreError,
+};
 
 /// Most queued runs one submitter pass takes.
 const BATCH: u32 = 64;
@@ -68,6 +82,12 @@ pub struct Dispatcher {
     metrics: Arc<crate::metrics::Metrics>,
     /// Runs whose cancel request this process passed to the executor.
     cancelling: Mutex<HashSet<RunId>>,
+    /// This process, for claiming queued runs.
+    replica: Replica,
+    /// Started runs the executor follows for this process (submitted, reconciled or adopted).
+    followed: Mutex<HashSet<RunId>>,
+    /// When [`Dispatcher::adopt_started`] last looked.
+    adopted_at: Mutex<Option<Instant>>,
 }
 
 impl Dispatcher {
@@ -89,7 +109,16 @@ impl Dispatcher {
             applied: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
             cancelling: Mutex::new(HashSet::new()),
+            replica: Replica::default(),
+            followed: Mutex::new(HashSet::new()),
+            adopted_at: Mutex::new(None),
         }
+    }
+
+    /// Claims queued runs as `replica` (shared with the planner and the reporter).
+    pub fn with_replica(mut self, replica: Replica) -> Dispatcher {
+        self.replica = replica;
+        self
     }
 
     /// Records submissions in `metrics`: `ferry_submissions_total{executor, outcome}` and
@@ -104,6 +133,15 @@ impl Dispatcher {
             "ferry_submissions_total",
             "Runs handed to the executor, by outcome (submitted, rejected, unavailable).",
             &[("executor", self.executor.kind()), ("outcome", outcome)],
+        );
+    }
+
+    /// Counts a failed executor call: `ferry_executor_errors_total{executor, operation}`.
+    fn count_error(&self, operation: &str) {
+        self.metrics.inc(
+            "ferry_executor_errors_total",
+            "Executor calls that failed, by operation (submit, cancel, reconcile, watch).",
+            &[("executor", self.executor.kind()), ("operation", operation)],
         );
     }
 
@@ -145,6 +183,9 @@ impl Dispatcher {
             if let Err(e) = self.forward_cancels().await {
                 tracing::error!(error = %e, "passing cancel requests to the executor failed");
             }
+            if let Err(e) = self.adopt_started().await {
+                tracing::error!(error = %e, "following the runs other replicas started failed");
+            }
             let sleep = match self.submit_queued().await {
                 // A whole batch went out: more may be queued behind it (after a restart, a
                 // burst), so the next pass starts at once rather than at the next wake.
@@ -175,6 +216,76 @@ impl Dispatcher {
             .min()
             .unwrap_or(Duration::from_secs(30))
             .max(Duration::from_millis(5))
+            .min(self.idle_poll())
+    }
+
+    fn idle_poll(&self) -> Duration {
+        self.config.replicas.idle_poll(self.store.backend())
+    }
+
+    fn mark_followed(&self, runs: impl IntoIterator<Item = RunId>) {
+        self.followed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(runs);
+    }
+
+    /// Hands the runs other replicas started (submitted or running in the store, not followed
+    /// here) to the executor's reconcile, at most once per `replicas.poll_ms`, on PostgreSQL and
+    /// with an executor that [`Executor::follows_any_run`]. Returns how many runs it adopted.
+    pub async fn adopt_started(&self) -> Result<usize, DispatchError> {
+        if self.store.backend() != Backend::Postgres || !self.executor.follows_any_run() {
+            return Ok(0);
+        }
+        {
+            let mut last = self.adopted_at.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.config.replicas.poll()) {
+                return Ok(0);
+            }
+            *last = Some(Instant::now());
+        }
+        let new: Vec<RunId> = {
+            let ids = self.store.started_run_ids().await?;
+            let followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+            ids.into_iter().filter(|id| !followed.contains(id)).collect()
+        };
+        let mut runs = Vec::with_capacity(new.len());
+        for id in new {
+            if let Some(run) = self.store.get_run(id).await?
+                && matches!(run.state, RunState::Submitted | RunState::Running)
+            {
+                runs.push(run);
+            }
+        }
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        self.follow_again(&runs).await;
+        Ok(runs.len())
+    }
+
+    /// Has the executor follow `runs` again and applies what it says of each.
+    async fn follow_again(&self, runs: &[Run]) -> bool {
+        match self.executor.reconcile(runs).await {
+            Ok(observations) => {
+                self.mark_followed(runs.iter().map(|r| r.id));
+                for obs in &observations {
+                    self.apply_logged(obs).await;
+                }
+                tracing::info!(
+                    runs = runs.len(),
+                    executor = self.executor.kind(),
+                    "following started runs"
+                );
+                true
+            }
+            Err(e) => {
+                // The runs stay as they are; the next pass (or the executor's watch) tries again.
+                self.count_error("reconcile");
+                tracing::error!(error = %e, "the executor could not reconcile; runs left as they are");
+                false
+            }
+        }
     }
 
     /// Hands every run the store has as submitted or running to the executor: those it still has
@@ -192,37 +303,29 @@ impl Dispatcher {
         if runs.is_empty() {
             return Ok(0);
         }
-        match self.executor.reconcile(&runs).await {
-            Ok(observations) => {
-                for obs in &observations {
-                    self.apply_logged(obs).await;
-                }
-                tracing::info!(
-                    runs = runs.len(),
-                    executor = self.executor.kind(),
-                    "reconciled unfinished runs with the executor"
-                );
-                Ok(runs.len())
-            }
-            Err(e) => {
-                // The runs stay as they are; the executor's watch reports them when it can.
-                tracing::error!(error = %e, "the executor could not reconcile; runs left as they are");
-                Ok(0)
-            }
-        }
+        Ok(if self.follow_again(&runs).await {
+            runs.len()
+        } else {
+            0
+        })
     }
 
-    /// One submitter pass: every queued run that is not backing off is submitted. Returns how many
-    /// were submitted.
+    /// One submitter pass: every queued run that is not backing off (and that no other replica
+    /// claimed) is submitted. Returns how many were submitted.
     pub async fn submit_queued(&self) -> Result<usize, DispatchError> {
         let mut submitted = 0;
         let now = Instant::now();
-        for run in self.store.runs_in_state(RunState::Queued, BATCH).await? {
+        for run in self.store.claim_queued_runs(&self.replica, BATCH).await? {
             let due = {
                 let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 backoff.get(&run.id).is_none_or(|(_, at)| *at <= now)
             };
-            if due && self.submit(&run).await? {
+            let result = if due { self.submit(&run).await } else { Ok(false) };
+            // The run has moved on (or stays queued for whoever tries next).
+            self.store
+                .release_claim(&self.replica, ClaimKind::Submit, &run.id.to_string())
+                .await?;
+            if result? {
                 submitted += 1;
             }
         }
@@ -252,6 +355,7 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&run.id);
+                self.mark_followed([run.id]);
                 self.walk_run(run.id, RunState::Submitted, None).await?;
                 Ok(true)
             }
@@ -267,6 +371,7 @@ impl Dispatcher {
             }
             Err(SubmitError::Unavailable(message)) => {
                 self.count_submission("unavailable");
+                self.count_error("submit");
                 let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 let attempts = backoff.get(&run.id).map_or(0, |(n, _)| *n) + 1;
                 let wait = Duration::from_millis(250)
@@ -506,6 +611,7 @@ impl Dispatcher {
                 true
             }
             Err(e) => {
+                self.count_error("cancel");
                 tracing::warn!(run = %run.id, error = %e, "the executor did not take a cancel; asking again later");
                 false
             }
@@ -514,6 +620,10 @@ impl Dispatcher {
 
     fn forget(&self, run: RunId) {
         self.cancelling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
+        self.followed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&run);

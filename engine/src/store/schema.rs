@@ -70,7 +70,26 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V7_SQLITE,
         postgres: V7_POSTGRES,
     },
+    Migration {
+        version: 9,
+        name: "claims of replicas",
+        sqlite: V9,
+        postgres: V9,
+    },
 ];
+
+/// Claims of replicas sharing one PostgreSQL database (see `store::claims`): who plans a
+/// project, submits a run or reports a run, until when. SQLite creates the table but never writes
+/// it (one process).
+const V9: &str = "
+CREATE TABLE claims (
+    kind TEXT NOT NULL CHECK (kind IN ('plan', 'submit', 'report', 'answer')),
+    item TEXT NOT NULL,
+    claimed_by TEXT NOT NULL,
+    claim_until BIGINT NOT NULL,
+    PRIMARY KEY (kind, item)
+);
+";
 
 /// Comment commands and trust (`service::commands`): why a run waits (`approval`: for
 /// `/ferry ok-to-test`), a cancel asked of a started run (the dispatcher passes it to the

@@ -46,9 +46,9 @@ async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: By
             state.planner_wake.notify_one();
             (StatusCode::ACCEPTED, "stored", *event)
         }
-        Ok(Outcome::Duplicate { project }) => {
-            tracing::info!(forge = forge.as_str(), project, "redelivery ignored");
-            (StatusCode::OK, "duplicate", "unknown")
+        Ok(Outcome::Duplicate { project, event }) => {
+            tracing::info!(forge = forge.as_str(), project, event, "redelivery ignored");
+            (StatusCode::OK, "duplicate", *event)
         }
         Ok(Outcome::Ignored { reason }) => {
             tracing::info!(forge = forge.as_str(), reason, "delivery ignored");
