@@ -482,7 +482,10 @@ mod tests {
         let err = Config::from_yaml("ferry.yaml", "replicas: { lease_seconds: 1, poll_ms: 0 }\n")
             .expect_err("invalid")
             .to_string();
-        assert!(err.contains("replicas.lease_seconds: 1 s is too short"), "{err}");
+        assert!(
+            err.contains("replicas.lease_seconds: 1 s is too short"),
+            "{err}"
+        );
         assert!(err.contains("replicas.poll_ms: 0 ms"), "{err}");
         let typo = Config::from_yaml("ferry.yaml", "replicas: { lease: 3 }\n")
             .expect_err("typo")

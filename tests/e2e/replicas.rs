@@ -49,10 +49,16 @@ impl Database {
             .ok()
             .filter(|u| !u.is_empty())
         else {
-            eprintln!("{test}: SKIPPED: FERRY_TEST_POSTGRES_URL is not set (bash .ci/postgres.sh starts a server)");
+            eprintln!(
+                "{test}: SKIPPED: FERRY_TEST_POSTGRES_URL is not set (bash .ci/postgres.sh starts a server)"
+            );
             return None;
         };
-        let name = format!("ferry_replicas_{}_{}", std::process::id(), jiff::Timestamp::now().as_millisecond());
+        let name = format!(
+            "ferry_replicas_{}_{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_millisecond()
+        );
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .expect("connecting to FERRY_TEST_POSTGRES_URL");
@@ -78,22 +84,31 @@ impl Database {
     }
 }
 
-/// One `ferry serve` process.
-struct Replica {
+/// One `ferry serve` process (also used by the `metrics` tests).
+pub(crate) struct Replica {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     dir: TempDir,
 }
 
 impl Replica {
     /// Starts `ferry serve` in its own directory (own data dir and mirrors) on `database`.
-    fn start(name: &str, config: &str, fake: &FakeKube, database: &str) -> Replica {
+    pub(crate) fn start(name: &str, config: &str, fake: &FakeKube, database: &str) -> Replica {
         let dir = TempDir::new(name);
         fake.write_kubeconfig(&dir.path().join("kubeconfig"))
             .unwrap_or_else(|e| panic!("writing the kubeconfig: {e}"));
-        dir.write("profile.yaml", &ferry_tests::read(&ferry_tests::workspace_root().join("examples/profile.yaml")));
+        dir.write(
+            "profile.yaml",
+            &ferry_tests::read(&ferry_tests::workspace_root().join("examples/profile.yaml")),
+        );
         let addr = free_port();
-        dir.write("ferry.yaml", &format!("listen: {addr}\ndata_dir: {}\n{config}", dir.path().join("data").display()));
+        dir.write(
+            "ferry.yaml",
+            &format!(
+                "listen: {addr}\ndata_dir: {}\n{config}",
+                dir.path().join("data").display()
+            ),
+        );
         let log = std::fs::File::create(dir.path().join("serve.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ferry-under-test"))
             .args(["serve", "--config", "ferry.yaml"])
@@ -109,34 +124,46 @@ impl Replica {
         Replica { child, addr, dir }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
+    /// `GET path`: the status and the body, `None` when it does not answer.
+    pub(crate) async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connect = tokio::net::TcpStream::connect(self.addr);
+        let mut s = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .ok()?
+            .ok()?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out);
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    }
+
     /// Waits until it answers `/healthz`.
-    async fn ready(&mut self) {
+    pub(crate) async fn ready(&mut self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(Ok(mut s)) = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::net::TcpStream::connect(self.addr),
-            )
-            .await
-            {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let req = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
-                let mut out = Vec::new();
-                if s.write_all(req.as_bytes()).await.is_ok()
-                    && s.read_to_end(&mut out).await.is_ok()
-                    && out.starts_with(b"HTTP/1.1 200")
-                {
-                    return;
-                }
+            if let Some((200, _)) = self.get("/healthz").await {
+                return;
             }
             if let Some(status) = self.child.try_wait().expect("wait") {
                 panic!("ferry serve exited ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "ferry serve not ready:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "ferry serve not ready:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -194,7 +221,10 @@ fn controller(fake: FakeKube, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<
         let mut done = BTreeSet::new();
         while !stop.load(Ordering::SeqCst) {
             for wf in fake.workflows() {
-                let name = wf["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                let name = wf["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 if done.contains(&name) {
                     continue;
                 }
@@ -214,10 +244,18 @@ fn controller(fake: FakeKube, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<
 }
 
 /// Polls `probe` every 200 ms until it holds, for at most [`WAIT`].
-async fn until<F: std::future::Future<Output = bool>>(what: &str, logs: &dyn Fn() -> String, mut probe: impl FnMut() -> F) {
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    logs: &dyn Fn() -> String,
+    mut probe: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + WAIT;
     while !probe().await {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}\n{}", logs());
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}\n{}",
+            logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -240,27 +278,52 @@ async fn two_replicas_share_the_work_and_the_survivor_finishes_it_exactly_once()
 
     // 500 pushes, each a new branch at its repository's head: one run each. Half to each
     // replica in turn; after the first half, A is killed and B gets the rest.
-    let heads: Vec<String> = upstreams.iter().map(|u| u.git(&["rev-parse", "HEAD"])).collect();
+    let heads: Vec<String> = upstreams
+        .iter()
+        .map(|u| u.git(&["rev-parse", "HEAD"]))
+        .collect();
     for i in 0..DELIVERIES {
         if i == DELIVERIES / 2 {
             a.kill();
         }
         let p = i % PROJECTS;
-        let body = push_body(&upstreams[p].url(), &format!("r-{i}"), ZERO_SHA, &heads[p], "quick");
-        let target = if i < DELIVERIES / 2 && i % 2 == 0 { a.addr } else { b.addr };
-        assert_eq!(post_hook(target, &format!("delivery-{i}"), &body).await, 202, "delivery {i}");
+        let body = push_body(
+            &upstreams[p].url(),
+            &format!("r-{i}"),
+            ZERO_SHA,
+            &heads[p],
+            "quick",
+        );
+        let target = if i < DELIVERIES / 2 && i % 2 == 0 {
+            a.addr
+        } else {
+            b.addr
+        };
+        assert_eq!(
+            post_hook(target, &format!("delivery-{i}"), &body).await,
+            202,
+            "delivery {i}"
+        );
     }
 
     let store = Store::open(&db.url).await.expect("store");
     let logs = || format!("--- replica b ---\n{}", b.log());
-    assert_eq!(store.event_count().await.expect("events"), DELIVERIES as i64, "every delivery stored once");
+    assert_eq!(
+        store.event_count().await.expect("events"),
+        DELIVERIES as i64,
+        "every delivery stored once"
+    );
     until("every run to finish", &logs, || async {
         let runs = all_runs(&store).await;
         runs.len() >= DELIVERIES && runs.iter().all(|r| r.state.is_terminal())
     })
     .await;
     until("every report to go out", &logs, || async {
-        store.stats().await.map(|s| s.outbox_unsent == 0).unwrap_or(false)
+        store
+            .stats()
+            .await
+            .map(|s| s.outbox_unsent == 0)
+            .unwrap_or(false)
     })
     .await;
     stop.store(true, Ordering::SeqCst);
@@ -271,26 +334,52 @@ async fn two_replicas_share_the_work_and_the_survivor_finishes_it_exactly_once()
     assert_eq!(runs.len(), DELIVERIES, "one run per delivery");
     let branches: BTreeSet<String> = runs.iter().filter_map(|r| r.branch.clone()).collect();
     assert_eq!(branches.len(), DELIVERIES, "no branch planned twice");
-    let failed: Vec<_> = runs.iter().filter(|r| r.state != RunState::Succeeded).collect();
-    assert!(failed.is_empty(), "runs that did not succeed: {failed:#?}\n{}", logs());
+    let failed: Vec<_> = runs
+        .iter()
+        .filter(|r| r.state != RunState::Succeeded)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "runs that did not succeed: {failed:#?}\n{}",
+        logs()
+    );
 
     // Submitted once: one 201 create per workflow; a repeated create (a replica killed between
     // the create and the store's write) carries the same body and meets 409.
     let mut creates: BTreeMap<String, Vec<(u16, Option<String>)>> = BTreeMap::new();
     let collection = format!("/apis/argoproj.io/v1alpha1/namespaces/{NAMESPACE}/workflows");
-    for r in fake.requests().iter().filter(|r| r.method == Method::POST && r.path == collection) {
-        creates.entry(r.body_sha256.clone().unwrap_or_default()).or_default().push((r.status, r.body_sha256.clone()));
+    for r in fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path == collection)
+    {
+        creates
+            .entry(r.body_sha256.clone().unwrap_or_default())
+            .or_default()
+            .push((r.status, r.body_sha256.clone()));
     }
-    let created: usize = fake.requests().iter().filter(|r| r.method == Method::POST && r.status == 201).count();
+    let created: usize = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::POST && r.status == 201)
+        .count();
     assert_eq!(created, DELIVERIES, "one workflow created per run");
     assert_eq!(fake.workflows().len(), DELIVERIES);
     for run in &runs {
-        let wf = fake.get(NAMESPACE, &format!("ferry-{}", run.id)).expect("the run's workflow");
-        assert_eq!(wf["metadata"]["labels"]["ferry.dev/run-id"], run.id.to_string());
+        let wf = fake
+            .get(NAMESPACE, &format!("ferry-{}", run.id))
+            .expect("the run's workflow");
+        assert_eq!(
+            wf["metadata"]["labels"]["ferry.dev/run-id"],
+            run.id.to_string()
+        );
     }
     for (body, answers) in &creates {
         let ok = answers.iter().filter(|(s, _)| *s == 201).count();
-        assert_eq!(ok, 1, "every create body was accepted exactly once ({body}): {answers:?}");
+        assert_eq!(
+            ok, 1,
+            "every create body was accepted exactly once ({body}): {answers:?}"
+        );
     }
     let repeats = creates.values().map(|a| a.len() - 1).sum::<usize>();
     println!("repeated creates (same body, 409): {repeats}");
@@ -299,9 +388,17 @@ async fn two_replicas_share_the_work_and_the_survivor_finishes_it_exactly_once()
     // status ends `success`.
     let mut accepted: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     let mut refused = 0;
-    for call in forge.calls().iter().filter(|c| c.method == "POST" && c.path.contains("/statuses/")) {
+    for call in forge
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.contains("/statuses/"))
+    {
         if (200..300).contains(&call.status) {
-            let key = (call.field("ref").to_owned(), call.field("name").to_owned(), call.field("state").to_owned());
+            let key = (
+                call.field("ref").to_owned(),
+                call.field("name").to_owned(),
+                call.field("state").to_owned(),
+            );
             *accepted.entry(key).or_default() += 1;
         } else {
             refused += 1;
@@ -312,7 +409,11 @@ async fn two_replicas_share_the_work_and_the_survivor_finishes_it_exactly_once()
     for run in &runs {
         let branch = run.branch.clone().unwrap_or_default();
         assert!(
-            accepted.contains_key(&(branch.clone(), "ferry/quick".to_owned(), "success".to_owned())),
+            accepted.contains_key(&(
+                branch.clone(),
+                "ferry/quick".to_owned(),
+                "success".to_owned()
+            )),
             "run {} ({branch}) was reported succeeded",
             run.id
         );
@@ -328,7 +429,10 @@ async fn all_runs(store: &Store) -> Vec<ferry_engine::store::Run> {
     let mut out = Vec::new();
     let mut page = Page::first(200);
     loop {
-        let got = store.list_runs(&RunFilter::default(), page).await.expect("runs");
+        let got = store
+            .list_runs(&RunFilter::default(), page)
+            .await
+            .expect("runs");
         out.extend(got.runs);
         match got.next {
             Some(before) => page.before = Some(before),

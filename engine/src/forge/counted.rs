@@ -46,7 +46,10 @@ impl Counted {
             "Forge API calls (statuses, notes, check runs, reactions, access and MR lookups) by outcome.",
             &[("forge", forge), ("outcome", outcome)],
         );
-        let paused = self.inner.paused_until().is_some_and(|t| t > SystemTime::now());
+        let paused = self
+            .inner
+            .paused_until()
+            .is_some_and(|t| t > SystemTime::now());
         if outcome == "rate_limited" || paused {
             self.metrics.inc(
                 "ferry_forge_rate_limit_waits_total",
@@ -118,9 +121,7 @@ impl Forge for Counted {
         name: &'a str,
         external_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<i64>, ForgeError>> {
-        Box::pin(async move {
-            self.count(self.inner.find_check_run(sha, name, external_id).await)
-        })
+        Box::pin(async move { self.count(self.inner.find_check_run(sha, name, external_id).await) })
     }
 
     fn create_check_run<'a>(

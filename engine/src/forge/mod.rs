@@ -18,8 +18,8 @@
 //! engine needs no HTTP crate.
 
 pub mod clients;
-pub mod counted;
 pub mod commands;
+pub mod counted;
 pub mod github;
 pub mod gitlab;
 pub mod report;

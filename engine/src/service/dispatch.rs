@@ -247,7 +247,9 @@ impl Dispatcher {
         let new: Vec<RunId> = {
             let ids = self.store.started_run_ids().await?;
             let followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());
-            ids.into_iter().filter(|id| !followed.contains(id)).collect()
+            ids.into_iter()
+                .filter(|id| !followed.contains(id))
+                .collect()
         };
         let mut runs = Vec::with_capacity(new.len());
         for id in new {
@@ -320,7 +322,11 @@ impl Dispatcher {
                 let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 backoff.get(&run.id).is_none_or(|(_, at)| *at <= now)
             };
-            let result = if due { self.submit(&run).await } else { Ok(false) };
+            let result = if due {
+                self.submit(&run).await
+            } else {
+                Ok(false)
+            };
             // The run has moved on (or stays queued for whoever tries next).
             self.store
                 .release_claim(&self.replica, ClaimKind::Submit, &run.id.to_string())
@@ -356,6 +362,14 @@ impl Dispatcher {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&run.id);
                 self.mark_followed([run.id]);
+                self.count_submission("submitted");
+                let latency = (crate::store::now_millis() - run.created_at).max(0) as f64 / 1000.0;
+                self.metrics.observe(
+                    "ferry_submit_latency_seconds",
+                    "Seconds from a run's creation to its submission to the executor.",
+                    &[("executor", self.executor.kind())],
+                    latency,
+                );
                 self.walk_run(run.id, RunState::Submitted, None).await?;
                 Ok(true)
             }

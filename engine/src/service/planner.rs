@@ -33,8 +33,8 @@ use crate::profile::Profile;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{
-    ClaimKind, EventId, NewRun, Replica, RunState, Store, StoreError, StoredEvent,
-    WaitReason, now_millis,
+    ClaimKind, EventId, NewRun, Replica, RunState, Store, StoreError, StoredEvent, WaitReason,
+    now_millis,
 };
 
 /// How long a woken planner waits for more deliveries before its pass.
@@ -206,7 +206,11 @@ impl Planner {
                 continue;
             }
             let name = project.name.as_str();
-            if !self.store.claim(&self.replica, ClaimKind::Plan, name).await? {
+            if !self
+                .store
+                .claim(&self.replica, ClaimKind::Plan, name)
+                .await?
+            {
                 continue;
             }
             let result = self.plan_project(name).await;
@@ -220,7 +224,9 @@ impl Planner {
 
     /// Whether the oldest pending event of `project` is due.
     async fn due(&self, project: &str) -> Result<bool, StoreError> {
-        Ok(matches!(self.store.first_pending_due_at(project).await?, Some(at) if at <= now_millis()))
+        Ok(
+            matches!(self.store.first_pending_due_at(project).await?, Some(at) if at <= now_millis()),
+        )
     }
 
     /// Plans the events of a claimed project in order, while the claim holds.

@@ -275,14 +275,14 @@ impl Store {
     /// replica follows the runs other replicas submitted too.
     pub async fn started_run_ids(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<(i64,)> = with_pool!(self, |pool| {
-            sqlx::query_as("SELECT id FROM runs WHERE state IN ('submitted', 'running') ORDER BY id")
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(
+                "SELECT id FROM runs WHERE state IN ('submitted', 'running') ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?
         });
         rows.into_iter()
-            .map(|(id,)| {
-                RunId::new(id).ok_or_else(|| StoreError::Corrupt(format!("run id {id}")))
-            })
+            .map(|(id,)| RunId::new(id).ok_or_else(|| StoreError::Corrupt(format!("run id {id}"))))
             .collect()
     }
 

@@ -13,35 +13,79 @@ async fn a_claim_is_exclusive_until_its_lease_runs_out() {
         let a = Replica::new("a", Duration::from_secs(60));
         let b = Replica::new("b", Duration::from_secs(60));
         assert!(s.claim(&a, ClaimKind::Plan, "resnet").await.expect("a"));
-        assert!(s.claim(&a, ClaimKind::Plan, "resnet").await.expect("a again"));
-        assert!(s.renew_claim(&a, ClaimKind::Plan, "resnet").await.expect("renew"));
+        assert!(
+            s.claim(&a, ClaimKind::Plan, "resnet")
+                .await
+                .expect("a again")
+        );
+        assert!(
+            s.renew_claim(&a, ClaimKind::Plan, "resnet")
+                .await
+                .expect("renew")
+        );
         match db.backend {
             Backend::Sqlite => {
                 // One process: every claim is its own.
                 assert!(s.claim(&b, ClaimKind::Plan, "resnet").await.expect("b"));
-                assert_eq!(s.claim_holder(ClaimKind::Plan, "resnet").await.expect("holder"), None);
+                assert_eq!(
+                    s.claim_holder(ClaimKind::Plan, "resnet")
+                        .await
+                        .expect("holder"),
+                    None
+                );
             }
             Backend::Postgres => {
                 assert!(!s.claim(&b, ClaimKind::Plan, "resnet").await.expect("b"));
-                assert!(s.claim(&b, ClaimKind::Plan, "bert").await.expect("other item"));
-                assert!(s.claim(&b, ClaimKind::Submit, "resnet").await.expect("other kind"));
-                let holder = s.claim_holder(ClaimKind::Plan, "resnet").await.expect("holder");
+                assert!(
+                    s.claim(&b, ClaimKind::Plan, "bert")
+                        .await
+                        .expect("other item")
+                );
+                assert!(
+                    s.claim(&b, ClaimKind::Submit, "resnet")
+                        .await
+                        .expect("other kind")
+                );
+                let holder = s
+                    .claim_holder(ClaimKind::Plan, "resnet")
+                    .await
+                    .expect("holder");
                 assert_eq!(holder.map(|(by, _)| by).as_deref(), Some("a"));
 
                 // A replica whose lease ran out (lease 0: at once) loses the claim to another,
                 // and its renewal then fails: whatever it was doing must stop.
                 let dead = Replica::new("dead", Duration::ZERO);
                 assert!(s.claim(&dead, ClaimKind::Report, "7").await.expect("dead"));
-                assert!(s.claim(&b, ClaimKind::Report, "7").await.expect("taken over"));
-                assert!(!s.renew_claim(&dead, ClaimKind::Report, "7").await.expect("fenced"));
+                assert!(
+                    s.claim(&b, ClaimKind::Report, "7")
+                        .await
+                        .expect("taken over")
+                );
+                assert!(
+                    !s.renew_claim(&dead, ClaimKind::Report, "7")
+                        .await
+                        .expect("fenced")
+                );
 
                 // Released: free for anyone at once.
-                s.release_claim(&a, ClaimKind::Plan, "resnet").await.expect("release");
-                assert!(!s.renew_claim(&a, ClaimKind::Plan, "resnet").await.expect("gone"));
+                s.release_claim(&a, ClaimKind::Plan, "resnet")
+                    .await
+                    .expect("release");
+                assert!(
+                    !s.renew_claim(&a, ClaimKind::Plan, "resnet")
+                        .await
+                        .expect("gone")
+                );
                 assert!(s.claim(&b, ClaimKind::Plan, "resnet").await.expect("b now"));
                 // Releasing what another holds does nothing.
-                s.release_claim(&a, ClaimKind::Plan, "resnet").await.expect("noop");
-                assert!(!s.claim(&a, ClaimKind::Plan, "resnet").await.expect("still b's"));
+                s.release_claim(&a, ClaimKind::Plan, "resnet")
+                    .await
+                    .expect("noop");
+                assert!(
+                    !s.claim(&a, ClaimKind::Plan, "resnet")
+                        .await
+                        .expect("still b's")
+                );
             }
         }
         db.finish().await;
@@ -76,12 +120,19 @@ async fn replicas_claim_disjoint_batches_of_queued_runs() {
                 // Whatever is left is for whoever asks next; nothing is held by both.
                 let c = Replica::new("c", Duration::from_secs(60));
                 let rest = s.claim_queued_runs(&c, 100).await.expect("rest");
-                let mut all: Vec<RunId> = got.iter().copied().chain(rest.iter().map(|r| r.id)).collect();
+                let mut all: Vec<RunId> = got
+                    .iter()
+                    .copied()
+                    .chain(rest.iter().map(|r| r.id))
+                    .collect();
                 all.sort();
                 let mut again = all.clone();
                 again.dedup();
                 assert_eq!(all.len(), again.len(), "{all:?}");
-                assert_eq!(all, ids, "every queued run is claimed by exactly one replica");
+                assert_eq!(
+                    all, ids,
+                    "every queued run is claimed by exactly one replica"
+                );
             }
         }
         db.finish().await;

@@ -228,11 +228,17 @@ pub async fn serve_with(
     let executor = build_executor(&config, &profile, observations_tx, &metrics).await?;
     let replica = Replica::new(Replica::generate_id(&host_name()), config.replicas.lease());
     if store.backend() == Backend::Postgres {
-        tracing::info!(replica = replica.id(), lease_s = config.replicas.lease_seconds,
-            poll_ms = config.replicas.poll_ms, "claiming work as a replica");
+        tracing::info!(
+            replica = replica.id(),
+            lease_s = config.replicas.lease_seconds,
+            poll_ms = config.replicas.poll_ms,
+            "claiming work as a replica"
+        );
         if !executor.follows_any_run() {
-            tracing::warn!(executor = executor.kind(),
-                "this executor runs steps inside this process: run ONE replica with it (several replicas need executor: argo)");
+            tracing::warn!(
+                executor = executor.kind(),
+                "this executor runs steps inside this process: run ONE replica with it (several replicas need executor: argo)"
+            );
         }
     }
     let credentials = read_credentials(&config, |var| std::env::var(var).ok());

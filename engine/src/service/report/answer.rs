@@ -81,7 +81,8 @@ impl Reporter {
             }
             .into());
         }
-        self.fence(ClaimKind::Answer, &stored.id.to_string()).await?;
+        self.fence(ClaimKind::Answer, &stored.id.to_string())
+            .await?;
         match answer.kind {
             AnswerKind::Reaction => {
                 let reaction = Reaction::parse(&answer.body);
