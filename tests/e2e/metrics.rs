@@ -50,7 +50,7 @@ async fn metrics_count_deliveries_runs_submissions_forge_calls_and_errors() {
     fake.inject(Fault::internal_error().times(4).method(Method::POST));
     // The first commit status meets a rate limit: 429 with Retry-After: 1.
     forge.fail_next_to("POST", "/statuses/", 429, Some(1));
-    let mut server = Replica::start("metrics", &config, &fake, &database);
+    let mut server = Replica::start("metrics", &config, &fake.kubeconfig(), &database);
     server.ready().await;
 
     let body = push_body(&upstream.url(), "feature", ZERO_SHA, &sha, "quick");

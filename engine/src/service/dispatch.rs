@@ -322,14 +322,22 @@ impl Dispatcher {
                 let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 backoff.get(&run.id).is_none_or(|(_, at)| *at <= now)
             };
-            let result = if due {
+            let item = run.id.to_string();
+            // Fenced: a claim that lapsed while this batch was going out, and that another
+            // replica took, is not submitted here too.
+            let held = due
+                && self
+                    .store
+                    .renew_claim(&self.replica, ClaimKind::Submit, &item)
+                    .await?;
+            let result = if held {
                 self.submit(&run).await
             } else {
                 Ok(false)
             };
             // The run has moved on (or stays queued for whoever tries next).
             self.store
-                .release_claim(&self.replica, ClaimKind::Submit, &run.id.to_string())
+                .release_claim(&self.replica, ClaimKind::Submit, &item)
                 .await?;
             if result? {
                 submitted += 1;
