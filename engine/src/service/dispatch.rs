@@ -219,6 +219,28 @@ impl Dispatcher {
             .min(self.idle_poll())
     }
 
+    /// Hands every run the store has as submitted or running to the executor: those it still has
+    /// are followed again, the rest are applied as [`Phase::Gone`].
+    pub async fn reconcile(&self) -> Result<usize, DispatchError> {
+        let mut runs = self
+            .store
+            .runs_in_state(RunState::Submitted, u32::MAX)
+            .await?;
+        runs.extend(
+            self.store
+                .runs_in_state(RunState::Running, u32::MAX)
+                .await?,
+        );
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        Ok(if self.follow_again(&runs).await {
+            runs.len()
+        } else {
+            0
+        })
+    }
+
     fn idle_poll(&self) -> Duration {
         self.config.replicas.idle_poll(self.store.backend())
     }
@@ -288,28 +310,6 @@ impl Dispatcher {
                 false
             }
         }
-    }
-
-    /// Hands every run the store has as submitted or running to the executor: those it still has
-    /// are followed again, the rest are applied as [`Phase::Gone`].
-    pub async fn reconcile(&self) -> Result<usize, DispatchError> {
-        let mut runs = self
-            .store
-            .runs_in_state(RunState::Submitted, u32::MAX)
-            .await?;
-        runs.extend(
-            self.store
-                .runs_in_state(RunState::Running, u32::MAX)
-                .await?,
-        );
-        if runs.is_empty() {
-            return Ok(0);
-        }
-        Ok(if self.follow_again(&runs).await {
-            runs.len()
-        } else {
-            0
-        })
     }
 
     /// One submitter pass: every queued run that is not backing off (and that no other replica
