@@ -504,3 +504,123 @@ async fn all_runs(store: &Store) -> Vec<ferry_engine::store::Run> {
         }
     }
 }
+
+/// The reporter on PostgreSQL leaves a run another live replica is reporting alone and takes it
+/// over once that replica's lease ran out; a lapsed claim taken over cannot be renewed (the
+/// fence the reporter checks before every forge call).
+#[tokio::test]
+async fn a_reporter_skips_runs_another_replica_reports_and_takes_over_lapsed_ones() {
+    use ferry_engine::config::Config;
+    use ferry_engine::forge::report::ForgeCredentials;
+    use ferry_engine::pipeline::EventKind;
+    use ferry_engine::service::mirror::SecretString;
+    use ferry_engine::service::report::Reporter;
+    use ferry_engine::store::{ClaimKind, NewRun, Replica as Claimer};
+
+    let Some(db) = Database::create("replicas_report").await else {
+        return;
+    };
+    let forge = FakeForge::start().await;
+    let store = Store::open(&db.url).await.expect("store");
+    let yaml = format!(
+        "projects:\n  - {{ name: resnet, repo: https://gitlab.example.com/ml/resnet.git, \
+         forge: gitlab, forge_url: \"{}\", token_env: T, webhook_secret_env: S }}\n",
+        forge.url()
+    );
+    let config = Arc::new(Config::from_yaml("ferry.yaml", &yaml).expect("config"));
+    let credentials = std::collections::HashMap::from([(
+        "resnet".to_owned(),
+        ForgeCredentials::Token(SecretString::new(GITLAB_TOKEN)),
+    )]);
+    let me = Claimer::new("me", Duration::from_secs(60));
+    let reporter = Reporter::new(store.clone(), config, credentials).with_replica(me.clone());
+    let run = NewRun {
+        project: "resnet".into(),
+        pipeline: "train".into(),
+        sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        trigger: EventKind::Push,
+        event_id: None,
+        rerun_of: None,
+        git_ref: "refs/heads/main".into(),
+        branch: Some("main".into()),
+        tag: None,
+        mr: None,
+        params: Default::default(),
+        pipeline_path: ".ferry/train.yaml".into(),
+        pipeline_yaml: "version: 1\nname: train\nsteps:\n  - { name: fit, run: x, image: i }\n"
+            .into(),
+        problems: Vec::new(),
+        initial: RunState::Queued,
+        dedup_scope: None,
+        steps: vec!["fit".into()],
+    };
+    let (id, _) = store.create_run(&run).await.expect("run");
+    let item = id.to_string();
+    let statuses = || {
+        forge
+            .calls()
+            .iter()
+            .filter(|c| c.path.contains("/statuses/"))
+            .count()
+    };
+
+    // Another live replica reports the run: nothing is sent from here, the row stays unsent.
+    let other = Claimer::new("other", Duration::from_secs(60));
+    assert!(
+        store
+            .claim(&other, ClaimKind::Report, &item)
+            .await
+            .expect("claim")
+    );
+    let stats = reporter.pass().await.expect("pass");
+    assert_eq!((stats.sent, stats.deferred), (0, 0));
+    assert_eq!(statuses(), 0);
+    assert_eq!(store.stats().await.expect("stats").outbox_unsent, 1);
+
+    // It dies (a lease that already ran out): this replica takes the run over and reports it.
+    let dead = Claimer::new("other", Duration::ZERO);
+    assert!(
+        store
+            .claim(&dead, ClaimKind::Report, &item)
+            .await
+            .expect("lapse")
+    );
+    let stats = reporter.pass().await.expect("pass");
+    assert_eq!(stats.sent, 1);
+    assert_eq!(statuses(), 1, "the pipeline's pending status, once");
+    assert_eq!(
+        store
+            .claim_holder(ClaimKind::Report, &item)
+            .await
+            .expect("holder"),
+        None,
+        "released once reported"
+    );
+
+    // A replica whose lease ran out and whose claim was taken over is fenced: the renewal the
+    // reporter makes before every forge call fails (`ReportError::ClaimLost`), so it stops.
+    assert!(
+        store
+            .claim(
+                &Claimer::new("me", Duration::ZERO),
+                ClaimKind::Report,
+                &item
+            )
+            .await
+            .expect("mine")
+    );
+    assert!(
+        store
+            .claim(&other, ClaimKind::Report, &item)
+            .await
+            .expect("taken over")
+    );
+    assert!(
+        !store
+            .renew_claim(&me, ClaimKind::Report, &item)
+            .await
+            .expect("fenced")
+    );
+    store.close().await;
+    db.drop().await;
+}
