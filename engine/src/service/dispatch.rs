@@ -266,6 +266,7 @@ impl Dispatcher {
             }
             *last = Some(Instant::now());
         }
+        self.store.drop_lapsed_claims(&self.replica).await?;
         let new: Vec<RunId> = {
             let ids = self.store.started_run_ids().await?;
             let followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());

@@ -286,6 +286,22 @@ impl Store {
             .collect()
     }
 
+    /// Deletes claims whose lease ran out more than a lease of `replica` ago: left behind by
+    /// replicas that died, on items nobody wants any more (a run submitted before the crash was
+    /// recorded). Lapsed claims are free anyway; this only keeps the table small. Returns how many
+    /// were deleted.
+    pub async fn drop_lapsed_claims(&self, replica: &Replica) -> Result<u64, StoreError> {
+        let Pools::Postgres(pool) = &self.pools else {
+            return Ok(0);
+        };
+        let before = now_millis() - (replica.until(0));
+        Ok(sqlx::query("DELETE FROM claims WHERE claim_until <= $1")
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected())
+    }
+
     /// Who holds the claim on (`kind`, `item`) and until when, if anyone (for tests and
     /// operators; lapsed claims are listed too).
     pub async fn claim_holder(

@@ -67,6 +67,25 @@ async fn a_claim_is_exclusive_until_its_lease_runs_out() {
                         .expect("fenced")
                 );
 
+                // Claims left by dead replicas are cleaned up a lease after they lapsed; live
+                // ones stay.
+                assert!(
+                    s.claim(&dead, ClaimKind::Submit, "9")
+                        .await
+                        .expect("left behind")
+                );
+                assert_eq!(s.drop_lapsed_claims(&dead).await.expect("drop"), 1);
+                assert_eq!(
+                    s.claim_holder(ClaimKind::Submit, "9").await.expect("gone"),
+                    None
+                );
+                assert!(
+                    s.claim_holder(ClaimKind::Report, "7")
+                        .await
+                        .expect("kept")
+                        .is_some()
+                );
+
                 // Released: free for anyone at once.
                 s.release_claim(&a, ClaimKind::Plan, "resnet")
                     .await
