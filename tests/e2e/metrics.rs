@@ -60,6 +60,7 @@ async fn metrics_count_deliveries_runs_submissions_forge_calls_and_errors() {
         200,
         "a redelivery"
     );
+    assert_eq!(hook_with_wrong_token(server.addr, &body).await, 401);
 
     // The controller stand-in finishes the workflow once it exists.
     fake.wait_until("the workflow is created", |f| f.workflows().len() == 1)
@@ -110,6 +111,11 @@ async fn metrics_count_deliveries_runs_submissions_forge_calls_and_errors() {
         value(r#"ferry_deliveries_total{event="push",forge="gitlab",outcome="duplicate"}"#),
         1.0
     );
+    assert_eq!(
+        value(r#"ferry_deliveries_total{event="push",forge="gitlab",outcome="unauthorized"}"#),
+        1.0,
+        "a refused delivery is labelled with the event its header announces"
+    );
     // Runs by state, the outbox, pending deliveries.
     assert_eq!(value(r#"ferry_runs{state="succeeded"}"#), 1.0);
     assert_eq!(value("ferry_outbox_depth{}"), 0.0);
@@ -155,4 +161,26 @@ async fn metrics_count_deliveries_runs_submissions_forge_calls_and_errors() {
         1.0
     );
     store.close().await;
+}
+
+/// A GitLab push hook with a wrong `X-Gitlab-Token`; the HTTP status.
+async fn hook_with_wrong_token(addr: std::net::SocketAddr, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /hooks/gitlab HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nX-Gitlab-Event: Push Hook\r\n\
+         X-Gitlab-Token: not-the-secret\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("answer");
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
 }
