@@ -31,7 +31,7 @@
 //!
 //! Several replicas on one PostgreSQL database: a run's rows are reported by the replica that
 //! claims the run ([`ClaimKind::Report`]; an answer, [`ClaimKind::Answer`]). The claim is renewed
-//! before every forge call ([`Reporter::fence`]): a replica that stalled past its lease, and
+//! before every forge call (`Reporter::fence`): a replica that stalled past its lease, and
 //! whose run another replica took over, stops before its next call instead of sending it a second
 //! time. What each status context last got is recorded right after the call, before the claim is
 //! let go, so the replica that reports the run next starts from it. An idle reporter looks for
