@@ -54,10 +54,13 @@ impl Database {
             );
             return None;
         };
+        // Unique among the tests of this process (they start at once) and across processes.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
-            "ferry_replicas_{}_{}",
+            "ferry_replicas_{}_{}_{}",
             std::process::id(),
-            jiff::Timestamp::now().as_millisecond()
+            jiff::Timestamp::now().as_millisecond(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
