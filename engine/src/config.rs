@@ -40,6 +40,9 @@ pub struct Config {
     /// Argo settings.
     #[serde(default)]
     pub argo: ArgoConfig,
+    /// Several replicas on one PostgreSQL database: claim leases and polling.
+    #[serde(default)]
+    pub replicas: ReplicasConfig,
     /// Whether the dashboard is readable without a token.
     #[serde(default)]
     pub dashboard_public: bool,
@@ -76,6 +79,7 @@ impl Default for Config {
             executor: ExecutorKind::Local,
             local: LocalConfig::default(),
             argo: ArgoConfig::default(),
+            replicas: ReplicasConfig::default(),
             dashboard_public: false,
             profile_file: None,
             profile: None,
@@ -120,6 +124,61 @@ pub struct ArgoConfig {
     /// `default`).
     #[serde(default)]
     pub namespace: Option<String>,
+}
+
+/// `replicas:`: how replicas sharing one PostgreSQL database divide the work (`store::claims`).
+/// Ignored on SQLite (one process).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasConfig {
+    /// How long a replica's claim on a project, a queued run or a run's report lasts without
+    /// renewal: after a replica dies, its work waits this long before another takes it over.
+    /// Must exceed the longest forge call (the reporter renews before each).
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// How often an idle replica looks in the database for work other replicas stored
+    /// (deliveries, queued runs, outbox rows, runs to follow), in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_lease_seconds() -> u64 {
+    30
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        ReplicasConfig {
+            lease_seconds: default_lease_seconds(),
+            poll_ms: default_poll_ms(),
+        }
+    }
+}
+
+impl ReplicasConfig {
+    /// The claim lease.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_seconds)
+    }
+
+    /// The idle poll interval.
+    pub fn poll(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_ms)
+    }
+
+    /// The longest a worker (planner, submitter, reporter) may sleep when nothing wakes it: on
+    /// PostgreSQL other replicas store work this process is not told about, so [`Self::poll`];
+    /// SQLite is one process, so no limit.
+    pub fn idle_poll(&self, backend: crate::store::Backend) -> std::time::Duration {
+        match backend {
+            crate::store::Backend::Postgres => self.poll(),
+            crate::store::Backend::Sqlite => std::time::Duration::MAX,
+        }
+    }
 }
 
 /// Which forge a project is on.
@@ -297,6 +356,21 @@ impl Config {
                     .into(),
             ));
         }
+        if self.replicas.lease_seconds < 5 {
+            out.push((
+                "replicas.lease_seconds".into(),
+                format!(
+                    "{} s is too short: a lease must outlive a forge call and a git fetch (use 5 or more)",
+                    self.replicas.lease_seconds
+                ),
+            ));
+        }
+        if !(10..=60_000).contains(&self.replicas.poll_ms) {
+            out.push((
+                "replicas.poll_ms".into(),
+                format!("{} ms: use 10 to 60000", self.replicas.poll_ms),
+            ));
+        }
         let mut names = BTreeSet::new();
         for (i, p) in self.projects.iter().enumerate() {
             let at = format!("projects[{i}]");
@@ -394,6 +468,29 @@ mod tests {
             .expect_err("typo")
             .to_string();
         assert!(typo.contains("did you mean `namespace`?"), "{typo}");
+    }
+
+    #[test]
+    fn replicas_have_a_lease_and_a_poll_interval() {
+        let c = Config::from_yaml("ferry.yaml", "projects: []\n").expect("valid");
+        assert_eq!(c.replicas.lease(), std::time::Duration::from_secs(30));
+        assert_eq!(c.replicas.poll(), std::time::Duration::from_secs(1));
+        let text = "replicas: { lease_seconds: 60, poll_ms: 250 }\n";
+        let c = Config::from_yaml("ferry.yaml", text).expect("valid");
+        assert_eq!(c.replicas.lease_seconds, 60);
+        assert_eq!(c.replicas.poll_ms, 250);
+        let err = Config::from_yaml("ferry.yaml", "replicas: { lease_seconds: 1, poll_ms: 0 }\n")
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.contains("replicas.lease_seconds: 1 s is too short"),
+            "{err}"
+        );
+        assert!(err.contains("replicas.poll_ms: 0 ms"), "{err}");
+        let typo = Config::from_yaml("ferry.yaml", "replicas: { lease: 3 }\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(typo.contains("lease_seconds"), "{typo}");
     }
 
     #[test]

@@ -29,6 +29,10 @@
 //!   workflow on the fake API and the run's end in the store; refusals, outages, restarts.
 //! - `report`: runs become commit statuses, check runs and one note per run on a fake GitLab /
 //!   GitHub, through the real clients: exact calls, budget, outages, crashes, restarts, summaries.
+//! - `metrics`: `/metrics` of a `ferry serve` process after a delivery, a run, failed submissions
+//!   and a forge `429`: every series and its value.
+//! - `replicas`: two `ferry serve` processes on one PostgreSQL with the Argo executor, one killed
+//!   halfway through 500 deliveries: every run created, submitted and reported exactly once.
 //! - `helm`: the Helm chart renders a `ferry.yaml` and profile that ferry's own parsers accept
 //!   (with the helm `deploy/check.sh` caches); the Kueue / PriorityClass examples match the profile.
 
@@ -47,7 +51,9 @@ mod helm;
 mod hostile_yaml;
 mod injection;
 mod intake;
+mod metrics;
 mod planning;
+mod replicas;
 mod report;
 mod serve_argo;
 mod snapshot;

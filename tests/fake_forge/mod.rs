@@ -351,6 +351,18 @@ impl FakeForge {
         }
     }
 
+    /// The next call with `method` whose path contains `path` answers `status` (with
+    /// `Retry-After: retry_after` when given) and does nothing.
+    pub fn fail_next_to(&self, method: &str, path: &str, status: u16, retry_after: Option<u64>) {
+        let mut s = self.state.lock().expect("fake forge state");
+        s.failures.push_back(Failure {
+            status,
+            retry_after,
+            process: false,
+            only: Some((method.to_owned(), path.to_owned())),
+        });
+    }
+
     /// The next call with `method` whose path contains `path` does its work, then answers `502`
     /// (the answer is lost on the way).
     pub fn lose_answer_to(&self, method: &str, path: &str) {

@@ -132,6 +132,8 @@ pub struct RequestRecord {
     pub fault: Option<FaultAction>,
     /// When it arrived (before faults, checks and the store), for benchmarks.
     pub at: Instant,
+    /// The SHA-256 of its body (hex), when it had one: tells repeated creates apart.
+    pub body_sha256: Option<String>,
 }
 
 impl RequestRecord {

@@ -60,13 +60,25 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 /// Checks the token, applies the first matching fault, serves, and logs the request.
 async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let at = std::time::Instant::now();
+    // Creates and patches are small: kept whole for the body's digest, then passed on.
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let body_sha256 = (!bytes.is_empty()).then(|| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    });
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
     let mut record = RequestRecord {
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().unwrap_or_default().to_owned(),
         status: 0,
         fault: None,
-        at: std::time::Instant::now(),
+        at,
+        body_sha256,
     };
     record.fault = faults::take(&mut shared.faults(), &record);
     let response = if !authorized(shared.token.as_deref(), req.headers()) {

@@ -90,6 +90,13 @@ impl ArgoExecutor {
         }
     }
 
+    /// Counts failed workflow watches in `metrics` (`ferry_executor_errors_total{executor="argo",
+    /// operation="watch"}`); submit, cancel and reconcile failures are counted by the dispatcher.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> ArgoExecutor {
+        self.follower.set_metrics(metrics);
+        self
+    }
+
     /// How many runs are followed (unfinished, as far as the executor knows).
     pub fn followed(&self) -> usize {
         self.follower.len()
@@ -368,5 +375,9 @@ impl Executor for ArgoExecutor {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(self.ping_api())
+    }
+
+    fn follows_any_run(&self) -> bool {
+        true
     }
 }

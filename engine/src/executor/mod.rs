@@ -208,6 +208,14 @@ pub trait Executor: Send + Sync + 'static {
         &'a self,
         request: LogRequest<'a>,
     ) -> BoxFuture<'a, Result<Option<FetchedLog>, ExecError>>;
+
+    /// Whether it can follow runs another process submitted (through [`Executor::reconcile`]),
+    /// so that replicas sharing a database follow every started run and take over those of a
+    /// replica that died. Argo can (the workflows are on the cluster); the local executor cannot
+    /// (its runs are processes of the replica that started them).
+    fn follows_any_run(&self) -> bool {
+        false
+    }
 }
 
 /// What [`Executor::log_tail`] fetches.

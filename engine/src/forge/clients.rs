@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use crate::config::ProjectConfig;
+use crate::forge::counted::Counted;
 use crate::forge::report::{Forge, ForgeCredentials, ForgeError, connect};
+use crate::metrics::Metrics;
 
 /// A project's client, or why there is none yet.
 enum Slot {
@@ -31,6 +33,8 @@ pub struct Forges {
     slots: Mutex<HashMap<String, Slot>>,
     min_backoff: Duration,
     max_backoff: Duration,
+    /// Where calls are counted (every client is wrapped in [`Counted`]).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Forges {
@@ -50,7 +54,14 @@ impl Forges {
             slots: Mutex::new(HashMap::new()),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(600),
+            metrics: None,
         }
+    }
+
+    /// Counts every call of the clients it builds in `metrics` (see [`Counted`]).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Forges {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sets the back-off between attempts to build a client that failed.
@@ -94,6 +105,10 @@ impl Forges {
         let credentials = self.credentials.get(&project.name).unwrap_or(&none);
         match connect(project, credentials).await {
             Ok(Some(forge)) => {
+                let forge: Arc<dyn Forge> = match &self.metrics {
+                    Some(metrics) => Arc::new(Counted::new(forge, metrics.clone())),
+                    None => forge,
+                };
                 slots.insert(project.name.clone(), Slot::Ready(Arc::clone(&forge)));
                 Ok(Some(forge))
             }

@@ -19,6 +19,7 @@
 
 pub mod clients;
 pub mod commands;
+pub mod counted;
 pub mod github;
 pub mod gitlab;
 pub mod report;
@@ -156,6 +157,29 @@ pub fn parse(
         ForgeKind::Github => {
             github::webhook::parse(required_header(headers, "X-GitHub-Event")?, body)
         }
+    }
+}
+
+/// The kind of event a delivery's header announces (`X-Gitlab-Event`, `X-GitHub-Event`), in the
+/// words of [`crate::service::intake::event_name`], for the metrics of deliveries that were not
+/// parsed (refused, ignored); `unknown` for anything else, so the label stays small.
+pub fn header_event_name(forge: ForgeKind, headers: &dyn HeaderSource) -> &'static str {
+    match forge {
+        ForgeKind::Gitlab => match header(headers, "X-Gitlab-Event") {
+            Some("Push Hook") => "push",
+            Some("Tag Push Hook") => "tag_push",
+            Some("Merge Request Hook") => "merge_request",
+            Some("Note Hook") => "comment",
+            Some(_) | None => "unknown",
+        },
+        ForgeKind::Github => match header(headers, "X-GitHub-Event") {
+            Some("push") => "push",
+            Some("pull_request") => "merge_request",
+            Some("issue_comment") => "comment",
+            Some("check_run" | "check_suite") => "rerequested",
+            Some("ping") => "ping",
+            Some(_) | None => "unknown",
+        },
     }
 }
 

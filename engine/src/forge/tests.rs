@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{IntakeError, Parsed, parse, repo_identity, verify};
+use super::{IntakeError, Parsed, header_event_name, parse, repo_identity, verify};
 use crate::event::{Event, ForgeKind};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
@@ -343,5 +343,24 @@ fn github_app_ping_has_no_repository() {
     assert_eq!(
         parsed,
         Parsed::ignored("ping of a GitHub App hook (no repository)")
+    );
+}
+
+#[test]
+fn the_announced_event_labels_deliveries_that_were_not_parsed() {
+    let gitlab = |v: &str| header_event_name(ForgeKind::Gitlab, &headers(&[("X-Gitlab-Event", v)]));
+    let github = |v: &str| header_event_name(ForgeKind::Github, &headers(&[("X-GitHub-Event", v)]));
+    assert_eq!(gitlab("Push Hook"), "push");
+    assert_eq!(gitlab("Tag Push Hook"), "tag_push");
+    assert_eq!(gitlab("Merge Request Hook"), "merge_request");
+    assert_eq!(gitlab("Note Hook"), "comment");
+    assert_eq!(gitlab("Pipeline Hook"), "unknown");
+    assert_eq!(github("pull_request"), "merge_request");
+    assert_eq!(github("check_suite"), "rerequested");
+    assert_eq!(github("ping"), "ping");
+    assert_eq!(github("anything else"), "unknown");
+    assert_eq!(
+        header_event_name(ForgeKind::Github, &headers(&[])),
+        "unknown"
     );
 }

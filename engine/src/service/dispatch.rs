@@ -20,6 +20,17 @@
 //! On start, [`Dispatcher::reconcile`] hands the executor every run the store has as submitted or
 //! running: the executor adopts what it still has, and runs it lost are failed (and queued again
 //! as a new run when the executor says the pipeline allows it).
+//!
+//! Several replicas on one PostgreSQL database: the submitter takes queued runs through claims
+//! ([`Store::claim_queued_runs`]), so each run is submitted by one replica, which moves it on
+//! before it lets go of the claim. Every replica follows every started run (an executor that
+//! [`Executor::follows_any_run`]: Argo): each pass it hands the runs other replicas started to
+//! [`Executor::reconcile`] ([`Dispatcher::adopt_started`]), so the runs of a replica that dies are
+//! still followed. Two replicas applying the same observation is harmless: every change is a
+//! compare-and-set, and only the one that moves the run writes its outbox row. Reconcile on start
+//! cannot fail a run another replica follows: a run is `submitted` in the store only after its
+//! workflow exists, and a workflow that exists is adopted, not reported gone. An idle submitter
+//! looks for other replicas' runs every `replicas.poll_ms`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -37,7 +48,12 @@ use crate::profile::Profile;
 use crate::render::{RunContext, decide_skips};
 use crate::service::mirror::Mirrors;
 use crate::service::quota::Quota;
-use crate::store::{NewRun, Run, RunId, RunState, Step, StepChange, StepState, Store, StoreError};
+use crate::store::{
+    ClaimKind, NewRun, Replica, Run, RunId, RunState, Step, StepChange, StepState, Store,
+    StoreError,
+};
+
+mod adopt;
 
 /// Most queued runs one submitter pass takes.
 const BATCH: u32 = 64;
@@ -78,6 +94,12 @@ pub struct Dispatcher {
     cancelling: Mutex<HashSet<RunId>>,
     /// Per-project limits on what is submitted.
     quota: Quota,
+    /// This process, for claiming queued runs.
+    replica: Replica,
+    /// Started runs the executor follows for this process (submitted, reconciled or adopted).
+    followed: Mutex<HashSet<RunId>>,
+    /// When [`Dispatcher::adopt_started`] last looked.
+    adopted_at: Mutex<Option<Instant>>,
 }
 
 impl Dispatcher {
@@ -100,7 +122,16 @@ impl Dispatcher {
             applied: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
             cancelling: Mutex::new(HashSet::new()),
+            replica: Replica::default(),
+            followed: Mutex::new(HashSet::new()),
+            adopted_at: Mutex::new(None),
         }
+    }
+
+    /// Claims queued runs as `replica` (shared with the planner and the reporter).
+    pub fn with_replica(mut self, replica: Replica) -> Dispatcher {
+        self.replica = replica;
+        self
     }
 
     /// Records submissions in `metrics`: `ferry_submissions_total{executor, outcome}` and
@@ -115,6 +146,15 @@ impl Dispatcher {
             "ferry_submissions_total",
             "Runs handed to the executor, by outcome (submitted, rejected, unavailable).",
             &[("executor", self.executor.kind()), ("outcome", outcome)],
+        );
+    }
+
+    /// Counts a failed executor call: `ferry_executor_errors_total{executor, operation}`.
+    fn count_error(&self, operation: &str) {
+        self.metrics.inc(
+            "ferry_executor_errors_total",
+            "Executor calls that failed, by operation (submit, cancel, reconcile, watch).",
+            &[("executor", self.executor.kind()), ("operation", operation)],
         );
     }
 
@@ -163,6 +203,9 @@ impl Dispatcher {
             if let Err(e) = self.forward_cancels().await {
                 tracing::error!(error = %e, "passing cancel requests to the executor failed");
             }
+            if let Err(e) = self.adopt_started().await {
+                tracing::error!(error = %e, "following the runs other replicas started failed");
+            }
             let sleep = match self.submit_queued().await {
                 // A whole batch went out: more may be queued behind it (after a restart, a
                 // burst), so the next pass starts at once rather than at the next wake.
@@ -193,6 +236,7 @@ impl Dispatcher {
             .min()
             .unwrap_or(Duration::from_secs(30))
             .max(Duration::from_millis(5))
+            .min(self.idle_poll())
     }
 
     /// Hands every run the store has as submitted or running to the executor: those it still has
@@ -210,33 +254,28 @@ impl Dispatcher {
         if runs.is_empty() {
             return Ok(0);
         }
-        match self.executor.reconcile(&runs).await {
-            Ok(observations) => {
-                for obs in &observations {
-                    self.apply_logged(obs).await;
-                }
-                tracing::info!(
-                    runs = runs.len(),
-                    executor = self.executor.kind(),
-                    "reconciled unfinished runs with the executor"
-                );
-                Ok(runs.len())
-            }
-            Err(e) => {
-                // The runs stay as they are; the executor's watch reports them when it can.
-                tracing::error!(error = %e, "the executor could not reconcile; runs left as they are");
-                Ok(0)
-            }
-        }
+        Ok(if self.follow_again(&runs).await {
+            runs.len()
+        } else {
+            0
+        })
     }
 
-    /// One submitter pass: every queued run that is not backing off and that its project's quota
-    /// admits ([`Quota::admit`]) is submitted. Returns how many were submitted.
+    fn idle_poll(&self) -> Duration {
+        self.config.replicas.idle_poll(self.store.backend())
+    }
+
+    /// One submitter pass: every queued run that is not backing off, that no other replica
+    /// claimed, and that its project's quota admits ([`Quota::admit`]) is submitted. Returns how
+    /// many were submitted.
     pub async fn submit_queued(&self) -> Result<usize, DispatchError> {
         let mut submitted = 0;
         let now = Instant::now();
-        let queued = self.store.runs_in_state(RunState::Queued, BATCH).await?;
-        let admission = self.quota.admit(queued).await?;
+        let claimed = self.store.claim_queued_runs(&self.replica, BATCH).await?;
+        // A limited project's line is read from the store, claimed or not: every replica then
+        // admits the same front of the line, and each submits only what it holds (the fence
+        // below), so a quota is not spent twice.
+        let admission = self.quota.admit(claimed).await?;
         for (run, message) in &admission.fail {
             tracing::warn!(run = %run.id, project = %run.project, %message, "the run can never fit its project's quota");
             self.finish_unsubmitted(run, message).await?;
@@ -246,7 +285,24 @@ impl Dispatcher {
                 let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 backoff.get(&run.id).is_none_or(|(_, at)| *at <= now)
             };
-            if due && self.submit(&run).await? {
+            let item = run.id.to_string();
+            // Fenced: a claim that lapsed while this batch was going out, and that another
+            // replica took, is not submitted here too.
+            let held = due
+                && self
+                    .store
+                    .renew_claim(&self.replica, ClaimKind::Submit, &item)
+                    .await?;
+            let result = if held {
+                self.submit(&run).await
+            } else {
+                Ok(false)
+            };
+            // The run has moved on (or stays queued for whoever tries next).
+            self.store
+                .release_claim(&self.replica, ClaimKind::Submit, &item)
+                .await?;
+            if result? {
                 submitted += 1;
             }
         }
@@ -276,6 +332,15 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&run.id);
+                self.mark_followed([run.id]);
+                self.count_submission("submitted");
+                let latency = (crate::store::now_millis() - run.created_at).max(0) as f64 / 1000.0;
+                self.metrics.observe(
+                    "ferry_submit_latency_seconds",
+                    "Seconds from a run's creation to its submission to the executor.",
+                    &[("executor", self.executor.kind())],
+                    latency,
+                );
                 self.walk_run(run.id, RunState::Submitted, None).await?;
                 Ok(true)
             }
@@ -291,6 +356,7 @@ impl Dispatcher {
             }
             Err(SubmitError::Unavailable(message)) => {
                 self.count_submission("unavailable");
+                self.count_error("submit");
                 let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                 let attempts = backoff.get(&run.id).map_or(0, |(n, _)| *n) + 1;
                 let wait = Duration::from_millis(250)
@@ -584,6 +650,7 @@ impl Dispatcher {
                 true
             }
             Err(e) => {
+                self.count_error("cancel");
                 tracing::warn!(run = %run.id, error = %e, "the executor did not take a cancel; asking again later");
                 false
             }
@@ -592,6 +659,10 @@ impl Dispatcher {
 
     fn forget(&self, run: RunId) {
         self.cancelling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
+        self.followed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&run);

@@ -52,6 +52,8 @@ pub enum Outcome {
     Duplicate {
         /// Project.
         project: String,
+        /// Kind of event, for logs and metrics.
+        event: &'static str,
     },
     /// Valid but nothing for ferry, or a repository ferry does not serve (`202`).
     Ignored {
@@ -114,6 +116,7 @@ pub async fn receive(
             },
             Inserted::Duplicate(_) => Outcome::Duplicate {
                 project: project.name.clone(),
+                event: name,
             },
         },
     )

@@ -8,6 +8,12 @@
 //! later events wait behind it, so order is kept. An invalid pipeline file becomes a failed run
 //! carrying its problems.
 //!
+//! With several replicas on one PostgreSQL database, a project is planned by one replica at a
+//! time: the planner claims the project ([`ClaimKind::Plan`]) before its events and renews the
+//! claim before each one; a project another replica holds is skipped until its claim is released
+//! or its lease runs out. An idle planner looks for other replicas' deliveries every
+//! `replicas.poll_ms`.
+//!
 //! Runs of a merge request from a fork, or by an author without write access, are created
 //! `waiting` for `/ferry ok-to-test` (`trust`); comments carrying `/ferry` commands are acted on
 //! and answered through the store (`commands`).
@@ -28,7 +34,8 @@ use crate::service::concurrency;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{
-    EventId, NewRun, RunState, Store, StoreError, StoredEvent, WaitReason, now_millis,
+    ClaimKind, EventId, NewRun, Replica, RunState, Store, StoreError, StoredEvent, WaitReason,
+    now_millis,
 };
 
 /// How long a woken planner waits for more deliveries before its pass.
@@ -67,6 +74,8 @@ pub struct Planner {
     /// The forge clients, for comment commands and trust; `None`: no forge is asked (only the
     /// fork rule applies, and comments are not answered).
     pub(super) forges: Option<Arc<Forges>>,
+    /// This process, for claiming projects.
+    pub(super) replica: Replica,
 }
 
 impl Planner {
@@ -86,7 +95,14 @@ impl Planner {
             runs_created: None,
             metrics: Arc::default(),
             forges: None,
+            replica: Replica::default(),
         }
+    }
+
+    /// Claims projects as `replica` (shared with the dispatcher and the reporter).
+    pub fn with_replica(mut self, replica: Replica) -> Planner {
+        self.replica = replica;
+        self
     }
 
     /// Uses `f` to find each project's clone credentials (read from the environment at the edge).
@@ -173,6 +189,11 @@ impl Planner {
             ),
             None => Duration::from_secs(60),
         }
+        .min(self.idle_poll())
+    }
+
+    fn idle_poll(&self) -> Duration {
+        self.config.replicas.idle_poll(self.store.backend())
     }
 
     /// One pass over the configured projects, each project's events strictly in order: a project
@@ -181,21 +202,58 @@ impl Planner {
     pub async fn plan_pending(&self) -> Result<usize, PlanError> {
         let mut planned = 0;
         for project in &self.config.projects {
-            loop {
-                // Cheap check first: most wakes find the oldest event of a project backing off.
-                match self.store.first_pending_due_at(&project.name).await? {
-                    Some(at) if at <= now_millis() => {}
-                    Some(_) | None => break,
-                }
-                let Some(stored) = self.store.first_pending_event(&project.name).await? else {
+            // Cheap check first: most wakes find the oldest event of a project backing off.
+            if !self.due(&project.name).await? {
+                continue;
+            }
+            let name = project.name.as_str();
+            if !self
+                .store
+                .claim(&self.replica, ClaimKind::Plan, name)
+                .await?
+            {
+                continue;
+            }
+            let result = self.plan_project(name).await;
+            self.store
+                .release_claim(&self.replica, ClaimKind::Plan, name)
+                .await?;
+            planned += result?;
+        }
+        Ok(planned)
+    }
+
+    /// Whether the oldest pending event of `project` is due.
+    async fn due(&self, project: &str) -> Result<bool, StoreError> {
+        Ok(
+            matches!(self.store.first_pending_due_at(project).await?, Some(at) if at <= now_millis()),
+        )
+    }
+
+    /// Plans the events of a claimed project in order, while the claim holds.
+    async fn plan_project(&self, project: &str) -> Result<usize, PlanError> {
+        let mut planned = 0;
+        loop {
+            if planned > 0 {
+                let held = self
+                    .store
+                    .renew_claim(&self.replica, ClaimKind::Plan, project)
+                    .await?;
+                if !held {
                     break;
-                };
-                match self.plan_one(&stored).await {
-                    Ok(()) => planned += 1,
-                    Err(e) => {
-                        self.failed(&stored, &e).await?;
-                        break;
-                    }
+                }
+            }
+            let Some(stored) = self.store.first_pending_event(project).await? else {
+                break;
+            };
+            if stored.next_attempt_at > now_millis() {
+                break;
+            }
+            match self.plan_one(&stored).await {
+                Ok(()) => planned += 1,
+                Err(e) => {
+                    self.failed(&stored, &e).await?;
+                    break;
                 }
             }
         }

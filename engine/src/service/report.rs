@@ -29,8 +29,13 @@
 //! Answers to comment commands (`store::answers`) go out in the same pass, after the runs: a
 //! reaction, or a reply created once (see `answer`).
 //!
-//! One reporter per database: two replicas reporting the same rows at the same moment could both
-//! create a run's note.
+//! Several replicas on one PostgreSQL database: a run's rows are reported by the replica that
+//! claims the run ([`ClaimKind::Report`]; an answer, [`ClaimKind::Answer`]). The claim is renewed
+//! before every forge call (`Reporter::fence`): a replica that stalled past its lease, and
+//! whose run another replica took over, stops before its next call instead of sending it a second
+//! time. What each status context last got is recorded right after the call, before the claim is
+//! let go, so the replica that reports the run next starts from it. An idle reporter looks for
+//! other replicas' rows every `replicas.poll_ms`.
 
 mod answer;
 mod run;
@@ -45,7 +50,8 @@ use crate::config::{Config, ProjectForge};
 use crate::forge::clients::Forges;
 use crate::forge::report::{ForgeCredentials, ForgeError};
 use crate::store::{
-    OUTBOX_RUN, OUTBOX_STEP, OutboxItem, RunId, RunState, Step, Store, StoreError, now_millis,
+    ClaimKind, OUTBOX_RUN, OUTBOX_STEP, OutboxItem, Replica, RunId, RunState, Step, Store,
+    StoreError, now_millis,
 };
 
 use run::RunReport;
@@ -66,6 +72,9 @@ pub enum ReportError {
     /// The forge did not take a call.
     #[error(transparent)]
     Forge(#[from] ForgeError),
+    /// Another replica took over the claim (this one's lease ran out); the rows are its now.
+    #[error("the claim on {0} was lost to another replica")]
+    ClaimLost(String),
 }
 
 /// What one pass did.
@@ -85,6 +94,12 @@ pub struct Reporter {
     /// Per project, secret values to redact from what is sent.
     secrets: HashMap<String, Vec<String>>,
     forges: Arc<Forges>,
+    /// This process, for claiming runs and answers.
+    replica: Replica,
+    /// Where forge calls are counted.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The back-off of [`Reporter::with_backoff`], if set.
+    backoff: Option<(Duration, Duration)>,
 }
 
 impl Reporter {
@@ -106,13 +121,40 @@ impl Reporter {
             forges: Arc::new(Forges::new(credentials.clone())),
             credentials,
             secrets,
+            replica: Replica::default(),
+            metrics: Arc::default(),
+            backoff: None,
+        }
+    }
+
+    /// Claims runs and answers as `replica` (shared with the planner and the dispatcher).
+    pub fn with_replica(mut self, replica: Replica) -> Reporter {
+        self.replica = replica;
+        self
+    }
+
+    /// Counts every forge call in `metrics` (`ferry_forge_calls_total{forge, outcome}`,
+    /// `ferry_forge_rate_limit_waits_total{forge}`), the planner's too when it shares
+    /// [`Reporter::forges`]. Call it before [`Reporter::forges`].
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Reporter {
+        self.metrics = metrics;
+        self.forges = Arc::new(self.build_forges());
+        self
+    }
+
+    fn build_forges(&self) -> Forges {
+        let forges = Forges::new(self.credentials.clone()).with_metrics(self.metrics.clone());
+        match self.backoff {
+            Some((min, max)) => forges.with_backoff(min, max),
+            None => forges,
         }
     }
 
     /// Sets the exponential back-off used when the forge says nothing about when to come back
     /// (default 1 s doubling up to 10 min). Call it before [`Reporter::forges`].
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Reporter {
-        self.forges = Arc::new(Forges::new(self.credentials.clone()).with_backoff(min, max));
+        self.backoff = Some((min, max));
+        self.forges = Arc::new(self.build_forges());
         self
     }
 
@@ -160,9 +202,11 @@ impl Reporter {
         match due.await {
             Ok(Some(at)) => {
                 let wait = u64::try_from(at - now_millis()).unwrap_or(0);
-                Duration::from_millis(wait).clamp(Duration::from_millis(5), PERIODIC)
+                Duration::from_millis(wait)
+                    .clamp(Duration::from_millis(5), PERIODIC)
+                    .min(self.config.replicas.idle_poll(self.store.backend()))
             }
-            Ok(None) => PERIODIC,
+            Ok(None) => PERIODIC.min(self.config.replicas.idle_poll(self.store.backend())),
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox failed");
                 Duration::from_secs(1)
@@ -182,24 +226,60 @@ impl Reporter {
         }
         let mut stats = PassStats::default();
         for (run, items) in groups {
-            match self.report_run(run, &items).await {
-                Ok(()) => {
-                    for item in &items {
-                        self.store.mark_outbox_sent(item.id).await?;
-                    }
-                    stats.sent += items.len();
-                }
-                Err(ReportError::Forge(e)) => {
-                    self.defer(&items, &e).await?;
-                    stats.deferred += items.len();
-                }
-                Err(e @ ReportError::Store(_)) => return Err(e),
+            let item = run.to_string();
+            if !self
+                .store
+                .claim(&self.replica, ClaimKind::Report, &item)
+                .await?
+            {
+                continue;
             }
+            let result = self.report_claimed(run, &items, &mut stats).await;
+            self.store
+                .release_claim(&self.replica, ClaimKind::Report, &item)
+                .await?;
+            result?;
         }
         let answers = self.send_answers().await?;
         stats.sent += answers.sent;
         stats.deferred += answers.deferred;
         Ok(stats)
+    }
+
+    /// Reports one claimed run's rows and marks them sent, or defers them.
+    async fn report_claimed(
+        &self,
+        run: RunId,
+        items: &[OutboxItem],
+        stats: &mut PassStats,
+    ) -> Result<(), ReportError> {
+        match self.report_run(run, items).await {
+            Ok(()) => {
+                for item in items {
+                    self.store.mark_outbox_sent(item.id).await?;
+                }
+                stats.sent += items.len();
+            }
+            Err(ReportError::Forge(e)) => {
+                self.defer(items, &e).await?;
+                stats.deferred += items.len();
+            }
+            Err(ReportError::ClaimLost(what)) => {
+                tracing::warn!(run = %run, claim = %what, "another replica took over the run's report; stopped");
+            }
+            Err(e @ ReportError::Store(_)) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Renews this replica's claim on `item` before a forge call; [`ReportError::ClaimLost`] when
+    /// another replica holds it now (the call must not be made).
+    pub(super) async fn fence(&self, kind: ClaimKind, item: &str) -> Result<(), ReportError> {
+        if self.store.renew_claim(&self.replica, kind, item).await? {
+            Ok(())
+        } else {
+            Err(ReportError::ClaimLost(format!("{} {item}", kind.as_str())))
+        }
     }
 
     /// How long to wait before trying again after `error`, the `attempts`-th failure: what the

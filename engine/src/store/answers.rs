@@ -216,6 +216,17 @@ impl Store {
         Ok(first == 0)
     }
 
+    /// Whether answer `id` was sent (by any replica).
+    pub async fn answer_sent(&self, id: i64) -> Result<bool, StoreError> {
+        let row: Option<(Option<i64>,)> = with_pool!(self, |pool| {
+            sqlx::query_as("SELECT sent_at FROM comment_answers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.is_some_and(|(at,)| at.is_some()))
+    }
+
     /// Marks answer `id` sent (idempotent).
     pub async fn mark_answer_sent(&self, id: i64) -> Result<(), StoreError> {
         write_tx!(self, |tx| {

@@ -26,6 +26,7 @@
 //! in SQLite's busy handler.
 
 mod answers;
+mod claims;
 mod control;
 mod events;
 mod forge_state;
@@ -39,6 +40,8 @@ mod stats;
 mod steps;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_claims;
 #[cfg(test)]
 mod tests_commands;
 #[cfg(test)]
@@ -63,6 +66,7 @@ use sqlx::sqlite::{
 };
 
 pub use answers::{AnswerKind, NewAnswer, StoredAnswer};
+pub use claims::{ClaimKind, DEFAULT_LEASE, Replica};
 pub use control::{CancelOutcome, WaitReason};
 pub use events::{Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
 pub use forge_state::{CommentKind, ForgeComment};

@@ -71,12 +71,31 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: V7_POSTGRES,
     },
     Migration {
+        version: 9,
+        name: "claims of replicas",
+        sqlite: V9,
+        postgres: V9,
+    },
+    Migration {
         version: 10,
         name: "log tails of failed steps",
         sqlite: V10_SQLITE,
         postgres: V10_POSTGRES,
     },
 ];
+
+/// Claims of replicas sharing one PostgreSQL database (see `store::claims`): who plans a
+/// project, submits a run or reports a run, until when. SQLite creates the table but never writes
+/// it (one process).
+const V9: &str = "
+CREATE TABLE claims (
+    kind TEXT NOT NULL CHECK (kind IN ('plan', 'submit', 'report', 'answer')),
+    item TEXT NOT NULL,
+    claimed_by TEXT NOT NULL,
+    claim_until BIGINT NOT NULL,
+    PRIMARY KEY (kind, item)
+);
+";
 
 /// Log tails (`store::logs`): the redacted last lines of a failed step's log, fetched once.
 const V10_SQLITE: &str = "

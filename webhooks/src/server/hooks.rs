@@ -40,34 +40,36 @@ async fn receive(state: AppState, forge: ForgeKind, headers: HeaderMap, body: By
         &body,
     )
     .await;
+    // What the headers announce, for deliveries that were not parsed.
+    let announced = ferry_engine::forge::header_event_name(forge, &Headers(&headers));
     let (status, outcome, event) = match &result {
         Ok(Outcome::Stored { project, event }) => {
             tracing::info!(forge = forge.as_str(), project, event, "delivery stored");
             state.planner_wake.notify_one();
             (StatusCode::ACCEPTED, "stored", *event)
         }
-        Ok(Outcome::Duplicate { project }) => {
-            tracing::info!(forge = forge.as_str(), project, "redelivery ignored");
-            (StatusCode::OK, "duplicate", "unknown")
+        Ok(Outcome::Duplicate { project, event }) => {
+            tracing::info!(forge = forge.as_str(), project, event, "redelivery ignored");
+            (StatusCode::OK, "duplicate", *event)
         }
         Ok(Outcome::Ignored { reason }) => {
             tracing::info!(forge = forge.as_str(), reason, "delivery ignored");
-            (StatusCode::ACCEPTED, "ignored", "unknown")
+            (StatusCode::ACCEPTED, "ignored", announced)
         }
         Ok(Outcome::Unauthorized) => {
             tracing::warn!(
                 forge = forge.as_str(),
                 "delivery refused: wrong or missing secret"
             );
-            (StatusCode::UNAUTHORIZED, "unauthorized", "unknown")
+            (StatusCode::UNAUTHORIZED, "unauthorized", announced)
         }
         Ok(Outcome::Malformed(why)) => {
             tracing::warn!(forge = forge.as_str(), error = %why, "delivery refused: malformed");
-            (StatusCode::BAD_REQUEST, "malformed", "unknown")
+            (StatusCode::BAD_REQUEST, "malformed", announced)
         }
         Err(e) => {
             tracing::error!(forge = forge.as_str(), error = %e, "delivery not stored: database error");
-            (StatusCode::SERVICE_UNAVAILABLE, "store_error", "unknown")
+            (StatusCode::SERVICE_UNAVAILABLE, "store_error", announced)
         }
     };
     state.metrics.inc(

@@ -34,7 +34,7 @@ use ferry_engine::service::manual::ManualRequest;
 use ferry_engine::service::mirror::{Credentials, SecretString};
 use ferry_engine::service::planner::Planner;
 use ferry_engine::service::report::Reporter;
-use ferry_engine::store::Store;
+use ferry_engine::store::{Backend, Replica, Store};
 use tokio::sync::{Notify, mpsc, watch};
 
 use self::metrics::Metrics;
@@ -225,7 +225,22 @@ pub async fn serve_with(
     let runs_wake = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (observations_tx, observations_rx) = mpsc::channel(OBSERVATION_BUFFER);
-    let executor = build_executor(&config, &profile, observations_tx).await?;
+    let executor = build_executor(&config, &profile, observations_tx, &metrics).await?;
+    let replica = Replica::new(Replica::generate_id(&host_name()), config.replicas.lease());
+    if store.backend() == Backend::Postgres {
+        tracing::info!(
+            replica = replica.id(),
+            lease_s = config.replicas.lease_seconds,
+            poll_ms = config.replicas.poll_ms,
+            "claiming work as a replica"
+        );
+        if !executor.follows_any_run() {
+            tracing::warn!(
+                executor = executor.kind(),
+                "this executor runs steps inside this process: run ONE replica with it (several replicas need executor: argo)"
+            );
+        }
+    }
     let credentials = read_credentials(&config, |var| std::env::var(var).ok());
     let forge_credentials: HashMap<String, ForgeCredentials> = config
         .projects
@@ -237,11 +252,11 @@ pub async fn serve_with(
             )
         })
         .collect();
-    let reporter = Arc::new(Reporter::new(
-        store.clone(),
-        config.clone(),
-        forge_credentials,
-    ));
+    let reporter = Arc::new(
+        Reporter::new(store.clone(), config.clone(), forge_credentials)
+            .with_replica(replica.clone())
+            .with_metrics(metrics.clone()),
+    );
     let planner = Arc::new(
         Planner::new(
             store.clone(),
@@ -257,6 +272,7 @@ pub async fn serve_with(
         })
         .with_runs_created(runs_wake.clone())
         .with_forges(reporter.forges())
+        .with_replica(replica.clone())
         .with_metrics(metrics.clone()),
     );
     let dispatcher = Arc::new(
@@ -267,6 +283,7 @@ pub async fn serve_with(
             executor.clone(),
             data_dir.clone(),
         )
+        .with_replica(replica)
         .with_metrics(metrics.clone()),
     );
     let reporter_task = tokio::spawn(reporter.run(store.outbox_notify(), stop_rx.clone()));
@@ -314,6 +331,7 @@ async fn build_executor(
     config: &Config,
     profile: &Arc<Profile>,
     observations: mpsc::Sender<ferry_engine::executor::Observation>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Arc<dyn Executor>> {
     match config.executor {
         ExecutorKind::Local => {
@@ -337,10 +355,22 @@ async fn build_executor(
                 profile.clone(),
                 observations,
                 settings,
-            );
+            )
+            .with_metrics(metrics.clone());
             Ok(Arc::new(executor))
         }
     }
+}
+
+/// This machine's (or pod's) name for the replica id: `HOSTNAME`, else `/etc/hostname`, else
+/// `ferry`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ferry".to_owned())
 }
 
 /// Queues one run of the demo pipeline and says how to follow it.

@@ -65,6 +65,8 @@ pub struct Follower {
     tx: Observations,
     runs: Mutex<HashMap<RunId, Followed>>,
     watchers: Mutex<HashMap<Arc<str>, Watch>>,
+    /// Where failed watches are counted (`ferry_executor_errors_total{operation="watch"}`).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl Follower {
@@ -76,7 +78,13 @@ impl Follower {
             tx,
             runs: Mutex::default(),
             watchers: Mutex::default(),
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts failed watches in `metrics` (the first call wins).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     fn runs(&self) -> MutexGuard<'_, HashMap<RunId, Followed>> {
@@ -192,7 +200,15 @@ impl Follower {
             let open = match item {
                 Ok(event) => self.on_event(&namespace, event, &lists).await,
                 Err(e) => {
-                    log_watch_error(&namespace, &e);
+                    if log_watch_error(&namespace, &e)
+                        && let Some(metrics) = self.metrics.get()
+                    {
+                        metrics.inc(
+                            "ferry_executor_errors_total",
+                            "Executor calls that failed, by operation (submit, cancel, reconcile, watch).",
+                            &[("executor", "argo"), ("operation", "watch")],
+                        );
+                    }
                     true
                 }
             };
@@ -282,14 +298,19 @@ pub fn gone(run: RunId, what: &str) -> Observation {
     }
 }
 
-fn log_watch_error(namespace: &str, e: &watcher::Error) {
+/// Logs a watch error; whether it was a failure (a `410 Gone` is the normal way to relist).
+fn log_watch_error(namespace: &str, e: &watcher::Error) -> bool {
     match e {
-        watcher::Error::WatchError(status) if status.code == 410 => tracing::info!(
-            namespace,
-            "workflow watch history expired (410 Gone); relisting"
-        ),
+        watcher::Error::WatchError(status) if status.code == 410 => {
+            tracing::info!(
+                namespace,
+                "workflow watch history expired (410 Gone); relisting"
+            );
+            false
+        }
         _ => {
-            tracing::warn!(namespace, error = %e, "workflow watch failed; retrying after back-off")
+            tracing::warn!(namespace, error = %e, "workflow watch failed; retrying after back-off");
+            true
         }
     }
 }

@@ -14,26 +14,54 @@ use super::run::tolerate;
 use super::{BATCH, PassStats, ReportError, Reporter};
 use crate::forge::report::{ForgeError, Reaction};
 use crate::service::commands::reply_marker;
-use crate::store::{AnswerKind, StoreError, StoredAnswer, now_millis};
+use crate::store::{AnswerKind, ClaimKind, StoreError, StoredAnswer, now_millis};
 
 impl Reporter {
     /// Sends the due answers.
     pub(super) async fn send_answers(&self) -> Result<PassStats, ReportError> {
         let mut stats = PassStats::default();
         for stored in self.store.pending_answers(BATCH).await? {
-            match self.send_answer(&stored).await {
-                Ok(()) => {
-                    self.store.mark_answer_sent(stored.id).await?;
-                    stats.sent += 1;
-                }
-                Err(ReportError::Forge(e)) => {
-                    self.defer_answer(&stored, &e).await?;
-                    stats.deferred += 1;
-                }
-                Err(e @ ReportError::Store(_)) => return Err(e),
+            let item = stored.id.to_string();
+            if !self
+                .store
+                .claim(&self.replica, ClaimKind::Answer, &item)
+                .await?
+            {
+                continue;
             }
+            let result = self.send_claimed_answer(&stored, &mut stats).await;
+            self.store
+                .release_claim(&self.replica, ClaimKind::Answer, &item)
+                .await?;
+            result?;
         }
         Ok(stats)
+    }
+
+    async fn send_claimed_answer(
+        &self,
+        stored: &StoredAnswer,
+        stats: &mut PassStats,
+    ) -> Result<(), ReportError> {
+        // Sent by another replica since the read: nothing to do.
+        if self.store.answer_sent(stored.id).await? {
+            return Ok(());
+        }
+        match self.send_answer(stored).await {
+            Ok(()) => {
+                self.store.mark_answer_sent(stored.id).await?;
+                stats.sent += 1;
+            }
+            Err(ReportError::Forge(e)) => {
+                self.defer_answer(stored, &e).await?;
+                stats.deferred += 1;
+            }
+            Err(ReportError::ClaimLost(what)) => {
+                tracing::warn!(answer = stored.id, claim = %what, "another replica took over the answer; stopped");
+            }
+            Err(e @ ReportError::Store(_)) => return Err(e),
+        }
+        Ok(())
     }
 
     async fn send_answer(&self, stored: &StoredAnswer) -> Result<(), ReportError> {
@@ -53,6 +81,8 @@ impl Reporter {
             }
             .into());
         }
+        self.fence(ClaimKind::Answer, &stored.id.to_string())
+            .await?;
         match answer.kind {
             AnswerKind::Reaction => {
                 let reaction = Reaction::parse(&answer.body);

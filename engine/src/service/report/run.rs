@@ -11,7 +11,7 @@ use crate::forge::report::{CheckRunReport, Forge, ForgeError, StatusReport, Stat
 use crate::pipeline;
 use crate::service::operations;
 use crate::service::summary::{self, Baseline, Links, SummaryInput};
-use crate::store::{CommentKind, Run, RunState, Step, StepState, Store};
+use crate::store::{ClaimKind, CommentKind, Run, RunState, Step, StepState, Store};
 
 /// Keeps going after a call the forge refused for good (logged), stops on anything else.
 pub(super) fn tolerate<T>(
@@ -74,6 +74,13 @@ impl RunReport<'_> {
         &self.reporter.store
     }
 
+    /// Stops here unless this replica still holds the run's report claim (renewing it).
+    async fn fence(&self) -> Result<(), ReportError> {
+        self.reporter
+            .fence(ClaimKind::Report, &self.run.id.to_string())
+            .await
+    }
+
     fn links(&self) -> Links {
         let config = &self.reporter.config;
         Links::new(
@@ -116,6 +123,7 @@ impl RunReport<'_> {
         if self.sent.get(&status.context).map(String::as_str) == Some(status.state.as_str()) {
             return Ok(());
         }
+        self.fence().await?;
         if tolerate("a commit status", self.forge.set_status(&status).await)?.is_some() {
             self.store()
                 .record_sent_status(self.run.id, &status.context, status.state.as_str())
@@ -241,6 +249,7 @@ impl RunReport<'_> {
     async fn upsert(&self, kind: CommentKind, target: Target<'_>) -> Result<bool, ReportError> {
         let hash = body_hash(&target.content());
         let id = self.run.id;
+        self.fence().await?;
         let known = self.store().forge_comment(id, kind).await?;
         let existing = match known {
             Some(c) if c.forge_id.is_some() && c.body_hash.as_deref() == Some(hash.as_str()) => {
