@@ -261,9 +261,9 @@ fn peak_weight(weights: &[u32], needs: &[&[usize]]) -> u32 {
         for &i in needs[j] {
             if i < j {
                 after[i][j] = true;
-                for k in 0..i {
-                    if after[k][i] {
-                        after[k][j] = true;
+                for row in &mut after[..i] {
+                    if row[i] {
+                        row[j] = true;
                     }
                 }
             }
