@@ -210,6 +210,11 @@ fn render_json_equals_the_in_process_render_for_every_example() {
             &cli,
             &render(&pipeline, &profile, &ctx, &ex.file).manifest,
         );
+        // The YAML output (ferry's own emitter) reads back as the same manifest.
+        let run = render_cli(&ex.file, &["--ref", "main"]);
+        assert_eq!(run.code, 0, "{run}");
+        let yaml = yaml_to_json("`ferry render` output", &run.stdout);
+        assert_same(&format!("{} (yaml)", ex.file), &yaml, &cli);
     }
 }
 

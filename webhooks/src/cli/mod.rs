@@ -7,6 +7,7 @@ mod render;
 mod run;
 mod runs;
 mod token;
+mod yaml;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

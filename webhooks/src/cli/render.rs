@@ -86,7 +86,7 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
     }
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rendered.manifest)?),
-        Format::Yaml => print!("{}", serde_saphyr::to_string(&rendered.manifest)?),
+        Format::Yaml => print!("{}", super::yaml::to_yaml(&rendered.manifest)),
     }
     Ok(ExitCode::SUCCESS)
 }
