@@ -202,6 +202,51 @@ async fn fifty_concurrent_inserts_of_one_key_store_one_event() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_mixed_deliveries_store_each_key_once_with_one_id() {
+    for db in backends("mixed_deliveries").await {
+        let event = push_event(&"c".repeat(40));
+        // 20 keys stored before; then 100 keys delivered three times each, all at once (SQLite
+        // groups them into multi-row inserts: in-batch repeats and stored keys both occur).
+        for k in 0..20 {
+            db.store
+                .insert_event("resnet", ForgeKind::Gitlab, &format!("key-{k}"), &event)
+                .await
+                .expect("insert before");
+        }
+        let mut tasks = Vec::new();
+        for round in 0..3 {
+            for k in 0..100 {
+                let (store, event) = (db.store.clone(), event.clone());
+                tasks.push(tokio::spawn(async move {
+                    let key = format!("key-{k}");
+                    let r = store
+                        .insert_event("resnet", ForgeKind::Gitlab, &key, &event)
+                        .await;
+                    (round, key, r)
+                }));
+            }
+        }
+        let mut by_key: std::collections::BTreeMap<String, Vec<Inserted>> = Default::default();
+        for task in tasks {
+            let (_, key, r) = task.await.expect("task");
+            by_key.entry(key).or_default().push(r.expect("insert"));
+        }
+        assert_eq!(by_key.len(), 100);
+        for (key, results) in &by_key {
+            let k: usize = key["key-".len()..].parse().expect("number");
+            let new = results.iter().filter(|r| matches!(r, Inserted::New(_))).count();
+            assert_eq!(new, usize::from(k >= 20), "{:?}: {key}: {results:?}", db.backend);
+            let id = results[0].id();
+            assert!(results.iter().all(|r| r.id() == id), "{:?}: {key}: {results:?}", db.backend);
+            let stored = db.store.event_by_key(key).await.expect("read").expect("stored");
+            assert_eq!(stored.id, id, "{:?}: {key}", db.backend);
+        }
+        assert_eq!(count(&db.store, "SELECT COUNT(*) FROM events").await, 100);
+        db.finish().await;
+    }
+}
+
 #[tokio::test]
 async fn redelivery_is_a_duplicate_and_changes_nothing() {
     for db in backends("redelivery").await {
