@@ -785,7 +785,9 @@ steps:
     run: |
       if [ "$NODE_RANK" = 1 ]; then exit 4; fi
       sleep 1000 &
-      echo $! > "$FERRY_WORKSPACE/master.pid"
+      # Written whole or not at all: node 0 may be killed at any instruction.
+      echo $! > "$FERRY_WORKSPACE/master.pid.tmp"
+      mv "$FERRY_WORKSPACE/master.pid.tmp" "$FERRY_WORKSPACE/master.pid"
       wait
 "#,
         )
