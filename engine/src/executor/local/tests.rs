@@ -555,7 +555,8 @@ steps:
     timeout: 1s
     run: |
       sleep 1000 &
-      echo $! > "$FERRY_WORKSPACE/child.pid"
+      echo $! > "$FERRY_WORKSPACE/child.pid.tmp"
+      mv "$FERRY_WORKSPACE/child.pid.tmp" "$FERRY_WORKSPACE/child.pid"
       wait
 "#,
         )
@@ -583,7 +584,8 @@ steps:
     kind: task
     run: |
       sleep 1000 &
-      echo $! > "$FERRY_WORKSPACE/grandchild.pid"
+      echo $! > "$FERRY_WORKSPACE/grandchild.pid.tmp"
+      mv "$FERRY_WORKSPACE/grandchild.pid.tmp" "$FERRY_WORKSPACE/grandchild.pid"
       wait
   - { name: next, kind: task, needs: [long], run: "true" }
 "#,
@@ -638,7 +640,8 @@ steps:
     run: |
       trap '' TERM
       sleep 1000 &
-      echo $! > "$FERRY_WORKSPACE/child.pid"
+      echo $! > "$FERRY_WORKSPACE/child.pid.tmp"
+      mv "$FERRY_WORKSPACE/child.pid.tmp" "$FERRY_WORKSPACE/child.pid"
       wait
 "#,
             &[],
