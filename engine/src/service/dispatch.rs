@@ -573,17 +573,24 @@ impl Dispatcher {
         let Some(step) = steps.iter().find(|s| s.state == StepState::Failed) else {
             return;
         };
-        let job = match self.job(run) {
-            Ok(job) => job,
-            Err(e) => {
-                tracing::warn!(run = %run.id, error = %e, "no log tail");
+        // Only the step's secrets and the namespace are needed, not a whole job (mirror, render
+        // context, skips), and the pipeline is read as the run holds it: a profile changed since
+        // must not cost a failed run its log.
+        let pipeline = match pipeline::load(&run.pipeline_path, &run.pipeline_yaml, None) {
+            Ok(p) => p,
+            Err(problems) => {
+                tracing::warn!(run = %run.id, error = %problems, "no log tail: the pipeline does not load");
                 return;
             }
         };
+        let namespace = self
+            .config
+            .project(&run.project)
+            .and_then(|p| p.namespace.as_deref());
         let request = LogRequest {
             run: run.id,
-            namespace: job.context.namespace.as_deref(),
-            pipeline: &job.pipeline,
+            namespace,
+            pipeline: &pipeline,
             step: &step.name,
             lines: LOG_TAIL_LINES,
             bytes: LOG_TAIL_BYTES,
