@@ -43,6 +43,9 @@ pub struct Config {
     /// Several replicas on one PostgreSQL database: claim leases and polling.
     #[serde(default)]
     pub replicas: ReplicasConfig,
+    /// How runs are reported on the forge.
+    #[serde(default)]
+    pub report: ReportConfig,
     /// Whether the dashboard is readable without a token.
     #[serde(default)]
     pub dashboard_public: bool,
@@ -80,6 +83,7 @@ impl Default for Config {
             local: LocalConfig::default(),
             argo: ArgoConfig::default(),
             replicas: ReplicasConfig::default(),
+            report: ReportConfig::default(),
             dashboard_public: false,
             profile_file: None,
             profile: None,
@@ -177,6 +181,29 @@ impl ReplicasConfig {
         match backend {
             crate::store::Backend::Postgres => self.poll(),
             crate::store::Backend::Sqlite => std::time::Duration::MAX,
+        }
+    }
+}
+
+/// `report:`: how runs are reported on the forge (`service::report`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// How long a run may be queued (or submitted and not yet running) before the forge is told
+    /// it is `pending`, in milliseconds. A run that starts sooner goes straight to `running` and
+    /// saves a call; a run waiting for quota or approval is reported at once, with its reason.
+    #[serde(default = "default_pending_after_ms")]
+    pub pending_after_ms: u64,
+}
+
+fn default_pending_after_ms() -> u64 {
+    10_000
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            pending_after_ms: default_pending_after_ms(),
         }
     }
 }
@@ -371,6 +398,15 @@ impl Config {
                 format!("{} ms: use 10 to 60000", self.replicas.poll_ms),
             ));
         }
+        if self.report.pending_after_ms > 600_000 {
+            out.push((
+                "report.pending_after_ms".into(),
+                format!(
+                    "{} ms: use 0 (report every queued run at once) to 600000",
+                    self.report.pending_after_ms
+                ),
+            ));
+        }
         let mut names = BTreeSet::new();
         for (i, p) in self.projects.iter().enumerate() {
             let at = format!("projects[{i}]");
@@ -491,6 +527,22 @@ mod tests {
             .expect_err("typo")
             .to_string();
         assert!(typo.contains("lease_seconds"), "{typo}");
+    }
+
+    #[test]
+    fn a_queued_run_is_reported_pending_after_a_grace() {
+        let c = Config::from_yaml("ferry.yaml", "projects: []\n").expect("valid");
+        assert_eq!(c.report.pending_after_ms, 10_000);
+        let c = Config::from_yaml("ferry.yaml", "report: { pending_after_ms: 0 }\n").expect("valid");
+        assert_eq!(c.report.pending_after_ms, 0);
+        let err = Config::from_yaml("ferry.yaml", "report: { pending_after_ms: 3600000 }\n")
+            .expect_err("too long")
+            .to_string();
+        assert!(err.contains("report.pending_after_ms: 3600000 ms"), "{err}");
+        let typo = Config::from_yaml("ferry.yaml", "report: { pending_after: 5 }\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(typo.contains("pending_after_ms"), "{typo}");
     }
 
     #[test]

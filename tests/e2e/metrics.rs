@@ -145,8 +145,9 @@ async fn metrics_count_deliveries_runs_submissions_forge_calls_and_errors() {
         .filter(|c| c.path.contains("/statuses/") && (200..300).contains(&c.status))
         .count();
     assert!(
-        statuses_ok >= 3,
-        "pending, running or success of the pipeline and its step"
+        statuses_ok >= 1,
+        "the pipeline's final status (of one step: no separate step status; `running` may be \
+         coalesced away behind the 429)"
     );
     assert_eq!(
         value(r#"ferry_forge_calls_total{forge="gitlab",outcome="rate_limited"}"#),

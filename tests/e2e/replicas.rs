@@ -525,8 +525,9 @@ async fn a_reporter_skips_runs_another_replica_reports_and_takes_over_lapsed_one
     };
     let forge = FakeForge::start().await;
     let store = Store::open(&db.url).await.expect("store");
+    // `pending_after_ms: 0`: the queued run is reported at once.
     let yaml = format!(
-        "projects:\n  - {{ name: resnet, repo: https://gitlab.example.com/ml/resnet.git, \
+        "report: {{ pending_after_ms: 0 }}\nprojects:\n  - {{ name: resnet, repo: https://gitlab.example.com/ml/resnet.git, \
          forge: gitlab, forge_url: \"{}\", token_env: T, webhook_secret_env: S }}\n",
         forge.url()
     );

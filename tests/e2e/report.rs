@@ -39,7 +39,14 @@ struct World {
     credentials: HashMap<String, ForgeCredentials>,
 }
 
+/// A world whose reporter tells the forge about a queued run at once (`pending_after_ms: 0`),
+/// so each test sees every state it makes.
 async fn world(kind: &str) -> World {
+    world_with(kind, "report: { pending_after_ms: 0 }\n").await
+}
+
+/// A world with `extra` config (empty: the defaults, as deployed).
+async fn world_with(kind: &str, extra: &str) -> World {
     let forge = FakeForge::start().await;
     let dir = TempDir::new("report");
     let db = format!("sqlite://{}", dir.path().join("ferry.db").display());
@@ -49,7 +56,7 @@ async fn world(kind: &str) -> World {
         _ => ("https://github.com/ml/resnet.git", GITHUB_TOKEN),
     };
     let yaml = format!(
-        "public_url: http://ferry.test/\nargo: {{ ui_url: http://argo.test }}\nprojects:\n  - {{ name: resnet, repo: {repo}, forge: {kind}, forge_url: \"{}\", token_env: T, webhook_secret_env: S, namespace: ml-team }}\n  - {{ name: local, repo: /srv/local, forge: none }}\n",
+        "{extra}public_url: http://ferry.test/\nargo: {{ ui_url: http://argo.test }}\nprojects:\n  - {{ name: resnet, repo: {repo}, forge: {kind}, forge_url: \"{}\", token_env: T, webhook_secret_env: S, namespace: ml-team }}\n  - {{ name: local, repo: /srv/local, forge: none }}\n",
         forge.url()
     );
     let config = Arc::new(Config::from_yaml("ferry.yaml", &yaml).expect("config"));
@@ -95,8 +102,20 @@ impl World {
         initial: RunState,
         problems: Vec<Problem>,
     ) -> RunId {
-        let run = NewRun {
-            project: project.to_owned(),
+        let mut run = self.new_run(mr, branch);
+        run.project = project.to_owned();
+        run.initial = initial;
+        run.problems = problems;
+        if initial != RunState::Queued {
+            run.steps = Vec::new();
+        }
+        self.store.create_run(&run).await.expect("create run").0
+    }
+
+    /// A queued run of [`PIPELINE`] in project `resnet`.
+    fn new_run(&self, mr: Option<u64>, branch: &str) -> NewRun {
+        NewRun {
+            project: "resnet".to_owned(),
             pipeline: "train".to_owned(),
             sha: SHA.to_owned(),
             trigger: if mr.is_some() {
@@ -113,15 +132,22 @@ impl World {
             params: BTreeMap::new(),
             pipeline_path: ".ferry/train.yaml".to_owned(),
             pipeline_yaml: PIPELINE.to_owned(),
-            problems,
-            initial,
+            problems: Vec::new(),
+            initial: RunState::Queued,
             dedup_scope: None,
-            steps: if initial == RunState::Queued {
-                STEPS.iter().map(|s| (*s).to_owned()).collect()
-            } else {
-                Vec::new()
-            },
-        };
+            steps: STEPS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// A queued MR run of a pipeline `train` made of the task steps `steps`.
+    async fn run_of(&self, steps: &[&str]) -> RunId {
+        let mut yaml = "version: 1\nname: train\ndefaults: { image: img:1 }\nsteps:\n".to_owned();
+        for name in steps {
+            yaml.push_str(&format!("  - {{ name: {name}, kind: task, run: make {name} }}\n"));
+        }
+        let mut run = self.new_run(Some(MR), "feature");
+        run.pipeline_yaml = yaml;
+        run.steps = steps.iter().map(|s| (*s).to_owned()).collect();
         self.store.create_run(&run).await.expect("create run").0
     }
 
@@ -197,75 +223,82 @@ fn describe(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
-/// Calls that are not per-step statuses.
-fn beyond_step_statuses(calls: &[Call]) -> usize {
-    calls
-        .iter()
-        .filter(|c| {
-            let name = format!("{}{}", c.field("name"), c.field("context"));
-            !(c.path.contains("/statuses/") && name.starts_with("ferry/train/"))
-        })
-        .count()
+/// The calls a pipeline of `steps` is allowed: 2 statuses per step (`running`, final) and
+/// steps + 2 beyond them (DESIGN.md's budget).
+fn budget(steps: usize) -> usize {
+    2 * steps + steps + 2
+}
+
+/// Takes a queued MR run of `steps` through its whole life with the deployed defaults, one
+/// reporter pass after each change, and returns the calls each pass made.
+async fn lifecycle(w: &World, run: RunId, steps: &[&str]) -> Vec<Vec<String>> {
+    use StepState::{Pending, Running, Succeeded};
+    let reporter = w.reporter();
+    let mut seen = 0;
+    let mut passes = Vec::new();
+    let mut pass = async |passes: &mut Vec<Vec<String>>| {
+        reporter.pass().await.expect("pass");
+        let calls = w.forge.calls_since(seen);
+        seen = w.forge.calls().len();
+        passes.push(describe(&calls));
+    };
+    pass(&mut passes).await;
+    w.to(run, RunState::Queued, RunState::Submitted).await;
+    pass(&mut passes).await;
+    w.to(run, RunState::Submitted, RunState::Running).await;
+    pass(&mut passes).await;
+    for name in steps {
+        w.step(run, name, Pending, Running).await;
+        pass(&mut passes).await;
+        w.step(run, name, Running, Succeeded).await;
+        pass(&mut passes).await;
+    }
+    w.to(run, RunState::Running, RunState::Succeeded).await;
+    pass(&mut passes).await;
+    // Another pass has nothing to say.
+    pass(&mut passes).await;
+    assert_eq!(passes.last(), Some(&Vec::new()));
+    assert_eq!(w.unsent(run).await, 0);
+    passes
 }
 
 #[tokio::test]
 async fn a_gitlab_run_lifecycle_makes_exactly_these_calls() {
-    use StepState::{Pending, Running, Succeeded};
-    let w = world("gitlab").await;
-    let reporter = w.reporter();
+    // The deployed defaults: a run that starts within `pending_after_ms` (10 s) never shows
+    // `pending`.
+    let w = world_with("gitlab", "").await;
     let run = w.run("resnet", Some(MR), "feature").await;
-    let mut seen = 0;
-    let mut take = |w: &World| {
-        let calls = w.forge.calls_since(seen);
-        seen = w.forge.calls().len();
-        describe(&calls)
-    };
-    reporter.pass().await.expect("pass");
-    assert_eq!(take(&w), ["status ferry/train pending"]);
-    w.to(run, RunState::Queued, RunState::Submitted).await;
-    reporter.pass().await.expect("pass");
-    assert_eq!(take(&w), Vec::<String>::new(), "submitted is still pending");
-    w.to(run, RunState::Submitted, RunState::Running).await;
-    reporter.pass().await.expect("pass");
-    assert_eq!(
-        take(&w),
-        ["status ferry/train running", "POST /merge_requests/7/notes"]
-    );
-    for name in STEPS {
-        w.step(run, name, Pending, Running).await;
-        reporter.pass().await.expect("pass");
-        assert_eq!(take(&w), [format!("status ferry/train/{name} running")]);
-        w.step(run, name, Running, Succeeded).await;
-        reporter.pass().await.expect("pass");
-        assert_eq!(take(&w), [format!("status ferry/train/{name} success")]);
-    }
-    w.to(run, RunState::Running, RunState::Succeeded).await;
-    reporter.pass().await.expect("pass");
+    let passes = lifecycle(&w, run, &STEPS).await;
     let note = w.forge.notes(MR)[0].id;
-    assert_eq!(
-        take(&w),
-        [
-            "status ferry/train success".to_owned(),
-            format!("PUT /merge_requests/7/notes/{note}")
-        ]
-    );
-    assert_eq!(w.unsent(run).await, 0);
+    let mut expected: Vec<Vec<String>> = vec![
+        vec![],
+        vec![],
+        vec![
+            "status ferry/train running".to_owned(),
+            "POST /merge_requests/7/notes".to_owned(),
+        ],
+    ];
+    for name in STEPS {
+        expected.push(vec![format!("status ferry/train/{name} running")]);
+        expected.push(vec![format!("status ferry/train/{name} success")]);
+    }
+    expected.push(vec![
+        "status ferry/train success".to_owned(),
+        format!("PUT /merge_requests/7/notes/{note}"),
+    ]);
+    expected.push(vec![]);
+    assert_eq!(passes, expected);
 
     let calls = w.forge.calls_since(0);
     assert!(calls.iter().all(|c| c.status < 300), "{calls:?}");
-    let budget = STEPS.len() + 2;
-    assert!(
-        beyond_step_statuses(&calls) <= budget,
-        "{} calls beyond the step statuses, budget {budget}",
-        beyond_step_statuses(&calls)
-    );
+    assert!(calls.len() <= budget(STEPS.len()), "{} calls", calls.len());
     let first = &calls[0];
     assert_eq!(first.field("ref"), "feature");
     assert_eq!(
         first.field("target_url"),
         format!("http://ferry.test/runs/{run}")
     );
-    assert_eq!(first.field("description"), "queued");
+    assert_eq!(first.field("description"), "running");
     let notes = w.forge.notes(MR);
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].edits, 1);
@@ -295,9 +328,80 @@ async fn a_gitlab_run_lifecycle_makes_exactly_these_calls() {
         ]
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
     );
-    // Another pass has nothing to say.
-    reporter.pass().await.expect("pass");
-    assert_eq!(take(&w), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn pipelines_of_one_and_two_steps_stay_within_the_call_budget() {
+    // One step: its states are the pipeline's own status; no `ferry/train/only` context.
+    let w = world_with("gitlab", "").await;
+    let run = w.run_of(&["only"]).await;
+    let calls: Vec<String> = lifecycle(&w, run, &["only"]).await.concat();
+    let note = w.forge.notes(MR)[0].id;
+    assert_eq!(
+        calls,
+        [
+            "status ferry/train running".to_owned(),
+            "POST /merge_requests/7/notes".to_owned(),
+            "status ferry/train success".to_owned(),
+            format!("PUT /merge_requests/7/notes/{note}"),
+        ]
+    );
+    assert!(calls.len() <= budget(1));
+    assert_eq!(w.forge.notes(MR).len(), 1);
+
+    // Two steps: each has its own context again.
+    let w = world_with("gitlab", "").await;
+    let run = w.run_of(&["fit", "eval"]).await;
+    let calls: Vec<String> = lifecycle(&w, run, &["fit", "eval"]).await.concat();
+    assert_eq!(calls.len(), 8, "{calls:?}");
+    assert!(calls.len() <= budget(2));
+    let finals: Vec<(String, String)> = w.forge.with(|s| {
+        s.gitlab_statuses
+            .iter()
+            .map(|s| (s.name.clone(), s.state.clone()))
+            .collect()
+    });
+    assert_eq!(
+        finals,
+        [
+            ("ferry/train", "success"),
+            ("ferry/train/fit", "success"),
+            ("ferry/train/eval", "success")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_run_still_queued_after_the_grace_is_reported_pending() {
+    let w = world_with("gitlab", "report: { pending_after_ms: 300 }\n").await;
+    let reporter = Arc::new(w.reporter());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(reporter.clone().run(w.store.outbox_notify(), stop_rx));
+    let run = w.run("resnet", Some(MR), "feature").await;
+    // The postponed row falls due and the reporter, asleep until then, sends it.
+    w.forge
+        .wait_until(Duration::from_secs(10), |s| {
+            s.gitlab_statuses.iter().any(|st| st.state == "pending")
+        })
+        .await;
+    w.to(run, RunState::Queued, RunState::Submitted).await;
+    w.to(run, RunState::Submitted, RunState::Running).await;
+    w.forge
+        .wait_until(Duration::from_secs(10), |s| !s.notes.is_empty())
+        .await;
+    stop_tx.send(true).expect("stop");
+    task.await.expect("reporter");
+    let lines = describe(&w.forge.calls_since(0));
+    assert_eq!(
+        lines,
+        [
+            "status ferry/train pending",
+            "status ferry/train running",
+            "POST /merge_requests/7/notes"
+        ]
+    );
+    assert_eq!(w.forge.calls_since(0)[0].field("description"), "queued");
 }
 
 #[tokio::test]
@@ -615,7 +719,7 @@ async fn an_invalid_pipeline_is_a_failed_status_naming_file_line_and_column() {
 
 #[tokio::test]
 async fn a_github_run_gets_statuses_and_one_comment_within_budget() {
-    let w = world("github").await;
+    let w = world_with("github", "").await;
     let reporter = w.reporter();
     let run = w.run("resnet", Some(MR), "feature").await;
     reporter.pass().await.expect("pass");
@@ -626,17 +730,23 @@ async fn a_github_run_gets_statuses_and_one_comment_within_budget() {
     reporter.pass().await.expect("pass");
     let calls = w.forge.calls_since(0);
     assert!(calls.iter().all(|c| c.status < 300), "{calls:?}");
-    assert!(beyond_step_statuses(&calls) <= STEPS.len() + 2);
+    assert!(calls.len() <= budget(STEPS.len()), "{calls:?}");
+    let first = w.forge.with(|s| s.github_statuses.first().cloned());
+    assert_eq!(
+        first.map(|(_, c, st, d)| (c, st, d)),
+        Some((
+            "ferry/train".to_owned(),
+            "pending".to_owned(),
+            "running".to_owned()
+        )),
+        "GitHub's word for running is `pending`; a run that starts at once is never `queued`"
+    );
     let statuses: Vec<(String, String)> = w.forge.with(|s| {
         s.github_statuses
             .iter()
             .map(|(_, c, st, _)| (c.clone(), st.clone()))
             .collect()
     });
-    assert_eq!(
-        statuses.first(),
-        Some(&("ferry/train".to_owned(), "pending".to_owned()))
-    );
     assert_eq!(
         statuses.last(),
         Some(&("ferry/train".to_owned(), "success".to_owned()))

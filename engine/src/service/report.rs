@@ -9,11 +9,15 @@
 //! that repeats after a crash costs nothing. Then the rows are marked sent.
 //!
 //! What a run costs on the forge (the budget: steps + 2 calls beyond the per-step statuses):
-//! each step gets `running` and its final status; the pipeline gets `pending` (queued), `running`
-//! and its final status (GitHub App: a check run created, then updated twice); an MR/PR run
-//! gets one note, created when the run starts and edited when it ends. For a pipeline of three
-//! steps that is 3 + 2 = 5 calls beyond the step statuses, with nothing else in the normal case:
-//! the search for a note's marker only happens after a create whose outcome is unknown.
+//! each step gets `running` and its final status; the pipeline gets `running` and its final
+//! status (GitHub App: a check run created, then updated); an MR/PR run gets one note, created
+//! when the run starts and edited when it ends. That is 4 calls beyond the step statuses, with
+//! nothing else in the normal case: the search for a note's marker only happens after a create
+//! whose outcome is unknown. Two rules keep short pipelines within the budget too:
+//! - `pending` is only worth a call for a run that is still queued `report.pending_after_ms`
+//!   after it was created (its rows are postponed until then, and most runs are running by
+//!   then), or that waits for quota or approval (reported at once, with the reason);
+//! - a pipeline of one step has no separate step status: the pipeline's status is its step's.
 //!
 //! Notes are created once (see `store::forge_state`): the intent is stored before the create, the
 //! id right after; an intent without an id means "search the MR for `<!-- ferry:run:<id> -->`
@@ -84,6 +88,16 @@ pub struct PassStats {
     pub sent: usize,
     /// Rows left for later (the forge is unavailable or rate limited).
     pub deferred: usize,
+    /// Rows of runs queued for less than `report.pending_after_ms`, due again then.
+    pub postponed: usize,
+}
+
+/// What reporting a run came to.
+enum Reported {
+    /// The forge has the run's current state (or needed no call).
+    Done,
+    /// Nothing to send before this time: the run has been queued only briefly.
+    NotBefore(crate::store::UnixMillis),
 }
 
 /// Sends the outbox to the forges.
@@ -254,11 +268,17 @@ impl Reporter {
         stats: &mut PassStats,
     ) -> Result<(), ReportError> {
         match self.report_run(run, items).await {
-            Ok(()) => {
+            Ok(Reported::Done) => {
                 for item in items {
                     self.store.mark_outbox_sent(item.id).await?;
                 }
                 stats.sent += items.len();
+            }
+            Ok(Reported::NotBefore(at)) => {
+                for item in items {
+                    self.store.postpone_outbox(item.id, at).await?;
+                }
+                stats.postponed += items.len();
             }
             Err(ReportError::Forge(e)) => {
                 self.defer(items, &e).await?;
@@ -317,20 +337,23 @@ impl Reporter {
     }
 
     /// Reports the current state of one run, for the rows `items`.
-    async fn report_run(&self, id: RunId, items: &[OutboxItem]) -> Result<(), ReportError> {
+    async fn report_run(&self, id: RunId, items: &[OutboxItem]) -> Result<Reported, ReportError> {
         let Some(run) = self.store.get_run(id).await? else {
             tracing::warn!(run = %id, "outbox rows of a run the store does not have; dropped");
-            return Ok(());
+            return Ok(Reported::Done);
         };
         let Some(project) = self.config.project(&run.project) else {
             tracing::debug!(run = %id, project = %run.project, "project no longer configured");
-            return Ok(());
+            return Ok(Reported::Done);
         };
         if project.forge == ProjectForge::None {
-            return Ok(());
+            return Ok(Reported::Done);
+        }
+        if let Some(at) = self.pending_not_before(&run) {
+            return Ok(Reported::NotBefore(at));
         }
         let Some(forge) = self.forges.get(project).await? else {
-            return Ok(());
+            return Ok(Reported::Done);
         };
         if let Some(until) = forge.paused_until() {
             let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
@@ -340,7 +363,16 @@ impl Reporter {
             }
             .into());
         }
-        let run_changed = items.iter().any(|i| i.kind == OUTBOX_RUN);
+        // A row about an earlier state (a postponed `queued`, due after the run started) is
+        // covered by the row its next transition wrote: only rows about the current state (or
+        // without one) make the pipeline's status and the note due.
+        let run_changed = items.iter().any(|i| {
+            i.kind == OUTBOX_RUN
+                && i.payload
+                    .get("state")
+                    .and_then(|s| s.as_str())
+                    .is_none_or(|s| s == run.state.as_str())
+        });
         let named: BTreeSet<&str> = items
             .iter()
             .filter(|i| i.kind == OUTBOX_STEP)
@@ -382,7 +414,26 @@ impl Reporter {
         if let (true, true, Some(mr)) = (run_changed, note_due, run.mr) {
             report.note(mr).await?;
         }
-        Ok(())
+        if run_changed && !matches!(run.state, RunState::Queued | RunState::Submitted) {
+            // Rows postponed while the run was queued are covered now.
+            self.store
+                .settle_superseded_run_rows(run.id, run.state.as_str())
+                .await?;
+        }
+        Ok(Reported::Done)
+    }
+
+    /// For a run that is queued or submitted, not yet running, and younger than
+    /// `report.pending_after_ms`: when its `pending` becomes worth a call. Most runs start within
+    /// that time and go straight to `running`; a run waiting for quota or approval (`Waiting`)
+    /// is reported at once, with its reason.
+    fn pending_not_before(&self, run: &crate::store::Run) -> Option<crate::store::UnixMillis> {
+        if !matches!(run.state, RunState::Queued | RunState::Submitted) {
+            return None;
+        }
+        let grace = i64::try_from(self.config.report.pending_after_ms).unwrap_or(i64::MAX / 2);
+        let at = run.created_at.saturating_add(grace);
+        (at > now_millis()).then_some(at)
     }
 }
 

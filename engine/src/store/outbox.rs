@@ -212,4 +212,54 @@ impl Store {
         });
         Ok(())
     }
+
+    /// Makes an unsent row due at `at` without counting an attempt: the reporter has nothing to
+    /// send for it yet (a run queued for less than `report.pending_after_ms`). A row already
+    /// sent is left alone.
+    pub async fn postpone_outbox(&self, id: OutboxId, at: UnixMillis) -> Result<(), StoreError> {
+        write_tx!(self, |tx| {
+            sqlx::query(
+                "UPDATE outbox SET next_attempt_at = $2 WHERE id = $1 AND sent_at IS NULL",
+            )
+            .bind(id.0)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Marks sent the unsent run rows of `run` about a state other than `current`: rows the
+    /// reporter postponed while the run was queued, which the row of a later transition (sent
+    /// now) covers. Step rows are left alone: each names a step that may still need its status.
+    pub async fn settle_superseded_run_rows(
+        &self,
+        run: RunId,
+        current: &str,
+    ) -> Result<usize, StoreError> {
+        let unsent: Vec<(i64, String)> = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT id, payload_json FROM outbox \
+                 WHERE run_id = $1 AND kind = $2 AND sent_at IS NULL",
+            )
+            .bind(run.get())
+            .bind(OUTBOX_RUN)
+            .fetch_all(pool)
+            .await?
+        });
+        let stale: Vec<i64> = unsent
+            .into_iter()
+            .filter(|(_, payload)| {
+                serde_json::from_str::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|p| p.get("state").and_then(|s| s.as_str()).map(str::to_owned))
+                    .is_some_and(|state| state != current)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in &stale {
+            self.mark_outbox_sent(OutboxId(*id)).await?;
+        }
+        Ok(stale.len())
+    }
 }

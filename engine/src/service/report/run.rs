@@ -132,7 +132,12 @@ impl RunReport<'_> {
         Ok(())
     }
 
+    /// Each step's own status (`ferry/<pipeline>/<step>`). A pipeline of one step has none:
+    /// its step's states are the pipeline's own status, and a second context would repeat them.
     pub(super) async fn steps(&self, steps: &[&Step]) -> Result<(), ReportError> {
+        if self.steps.len() == 1 {
+            return Ok(());
+        }
         let url = self.links().dashboard;
         for step in steps {
             let Some(state) = step_status(step.state) else {
