@@ -39,36 +39,31 @@ pub(super) struct Templates {
 impl Templates {
     /// The embedded templates; none compiled yet.
     pub(super) fn embedded() -> Templates {
-        let mut hb = Handlebars::new();
-        hb.set_strict_mode(true);
-        hb.register_escape_fn(handlebars::no_escape);
-        hb.register_helper("q", Box::new(quote));
         Templates {
-            registry: RwLock::new(hb),
+            registry: RwLock::new(registry()),
         }
     }
 
     /// The embedded templates, with every `NAME.json.hbs` in `dir` replacing its namesake,
     /// compiled now.
     pub(super) fn from_dir(dir: &Path) -> Result<Templates, RenderError> {
-        let templates = Self::embedded();
-        {
-            let mut hb = templates.write();
-            for (name, _) in EMBEDDED {
-                let path = dir.join(format!("{name}.json.hbs"));
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => register(&mut hb, name, &text)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(RenderError::Template {
-                            name: path.display().to_string(),
-                            message: e.to_string(),
-                        });
-                    }
+        let mut hb = registry();
+        for (name, _) in EMBEDDED {
+            let path = dir.join(format!("{name}.json.hbs"));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => register(&mut hb, name, &text)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(RenderError::Template {
+                        name: path.display().to_string(),
+                        message: e.to_string(),
+                    });
                 }
             }
         }
-        Ok(templates)
+        Ok(Templates {
+            registry: RwLock::new(hb),
+        })
     }
 
     /// Compiles every template not compiled yet.
@@ -141,6 +136,15 @@ impl Templates {
         names.sort();
         names
     }
+}
+
+/// An empty registry: strict, no HTML escaping, the `q` helper.
+fn registry() -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.register_helper("q", Box::new(quote));
+    hb
 }
 
 fn register(hb: &mut Handlebars<'static>, name: &str, text: &str) -> Result<(), RenderError> {
