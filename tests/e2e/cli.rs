@@ -366,3 +366,41 @@ fn render_refuses_an_undeclared_parameter_and_names_it() {
         "the message does not name `lr`:\n{run}"
     );
 }
+
+#[test]
+fn render_with_a_templates_dir_checks_every_template_in_it_first() {
+    let ex = example("train-eval-deploy");
+    let default = render_cli(&ex.file, &["--ref", "main", "-o", "json"]);
+    assert_eq!(default.code, 0, "{default}");
+    let dir = TempDir::new("render-templates");
+    let templates = dir.path().to_str().expect("utf-8 path").to_owned();
+    // The files themselves (the binary embeds them compacted): the same manifest.
+    for name in ["workflow", "step-container"] {
+        let file = format!("{name}.json.hbs");
+        dir.write(
+            &file,
+            &ferry_tests::read(&workspace_root().join("templates").join(&file)),
+        );
+    }
+    let run = render_cli(
+        &ex.file,
+        &["--ref", "main", "-o", "json", "--templates", &templates],
+    );
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.stdout, default.stdout);
+    // This pipeline has no distributed step, so it would never use `jobset`: still an error.
+    dir.write("jobset.json.hbs", "{\n  {{#if deadline}}\n}\n");
+    let run = render_cli(
+        &ex.file,
+        &["--ref", "main", "-o", "json", "--templates", &templates],
+    );
+    assert_ne!(run.code, 0, "{run}");
+    assert!(
+        run.stderr.contains("template jobset") && run.stderr.contains("line"),
+        "the error does not name the template and its line:\n{run}"
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "a manifest was printed anyway:\n{run}"
+    );
+}

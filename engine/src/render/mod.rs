@@ -1,54 +1,30 @@
 //! The renderer: a validated pipeline plus a run's context becomes a self-checked Argo Workflow.
 //!
-//! `context` decides everything and produces plain data; Handlebars templates (embedded from
-//! `templates/`, or read from a directory given with `--templates`) lay that data out as JSON.
-//! Strict mode makes a template that names a missing field an error, and the one helper `q`
-//! JSON-encodes every value, so a value can never add or remove structure. The text is parsed
-//! back and checked (`check`) before anything is returned.
+//! `context` decides everything and produces plain data; Handlebars templates (`templates`:
+//! embedded from `templates/`, or read from a directory given with `--templates`) lay that data
+//! out as JSON. The text is parsed back and checked (`check`) before anything is returned.
 
 mod check;
+mod compact;
 mod context;
+mod templates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
-};
 use serde_json::Value;
 
 use crate::pipeline::{EventKind, Pipeline};
 use crate::profile::Profile;
+use templates::Templates;
 
 pub use check::check_workflow;
 pub use context::decide_skips;
 
 /// Key of the object that stands, inside a distributed step's pod spec, for a workflow argument.
 const ARG_KEY: &str = "$ferry_arg";
-
-/// The templates shipped in the binary: (name, text).
-const EMBEDDED: [(&str, &str); 6] = [
-    (
-        "workflow",
-        include_str!("../../../templates/workflow.json.hbs"),
-    ),
-    ("run", include_str!("../../../templates/run.json.hbs")),
-    (
-        "step-container",
-        include_str!("../../../templates/step-container.json.hbs"),
-    ),
-    (
-        "step-resource",
-        include_str!("../../../templates/step-resource.json.hbs"),
-    ),
-    (
-        "pytorchjob",
-        include_str!("../../../templates/pytorchjob.json.hbs"),
-    ),
-    ("jobset", include_str!("../../../templates/jobset.json.hbs")),
-];
 
 /// What went wrong while rendering.
 #[derive(Debug, thiserror::Error)]
@@ -131,9 +107,9 @@ struct SkeletonKey {
     skipped: Vec<String>,
 }
 
-/// Compiled templates, and the skeletons rendered with them.
+/// Templates, and the skeletons rendered with them.
 pub struct Renderer {
-    hb: Handlebars<'static>,
+    templates: Templates,
     skeletons: Mutex<HashMap<SkeletonKey, Arc<Value>>>,
 }
 
@@ -143,75 +119,24 @@ impl std::fmt::Debug for Renderer {
     }
 }
 
-/// The quoting helper: `{{q value}}` writes the value JSON-encoded.
-fn quote(
-    h: &Helper<'_>,
-    _: &Handlebars<'_>,
-    _: &Context,
-    _: &mut RenderContext<'_, '_>,
-    out: &mut dyn Output,
-) -> HelperResult {
-    let param = h
-        .param(0)
-        .ok_or(RenderErrorReason::ParamNotFoundForIndex("q", 0))?;
-    if param.is_value_missing() {
-        let name = param.relative_path().cloned().unwrap_or_default();
-        return Err(RenderErrorReason::MissingVariable(Some(name)).into());
-    }
-    let text = serde_json::to_string(param.value())
-        .map_err(|e| RenderErrorReason::Other(e.to_string()))?;
-    out.write(&text)?;
-    Ok(())
-}
-
 impl Renderer {
-    /// The templates built into the binary.
+    /// The templates built into the binary, each compiled when a render first needs it.
     pub fn embedded() -> Renderer {
-        Self::with(
-            EMBEDDED
-                .iter()
-                .map(|(n, t)| (n.to_string(), t.to_string()))
-                .collect(),
-        )
-        .unwrap_or_else(|e| panic!("embedded templates must compile: {e}"))
+        Self::with(Templates::embedded())
     }
 
-    /// The embedded templates, with any `NAME.json.hbs` in `dir` replacing its namesake.
+    /// The embedded templates, with any `NAME.json.hbs` in `dir` replacing its namesake. The
+    /// files in `dir` are compiled now, so a broken one is an error here whether or not a render
+    /// would need it.
     pub fn from_dir(dir: &Path) -> Result<Renderer, RenderError> {
-        let mut templates = Vec::new();
-        for (name, text) in EMBEDDED {
-            let path = dir.join(format!("{name}.json.hbs"));
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => text.to_owned(),
-                Err(e) => {
-                    return Err(RenderError::Template {
-                        name: path.display().to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            };
-            templates.push((name.to_owned(), text));
-        }
-        Self::with(templates)
+        Templates::from_dir(dir).map(Self::with)
     }
 
-    fn with(templates: Vec<(String, String)>) -> Result<Renderer, RenderError> {
-        let mut hb = Handlebars::new();
-        hb.set_strict_mode(true);
-        hb.register_escape_fn(handlebars::no_escape);
-        hb.register_helper("q", Box::new(quote));
-        for (name, text) in templates {
-            hb.register_template_string(&name, text)
-                .map_err(|e| RenderError::Template {
-                    name: name.clone(),
-                    message: e.to_string(),
-                })?;
-        }
-        Ok(Renderer {
-            hb,
+    fn with(templates: Templates) -> Renderer {
+        Renderer {
+            templates,
             skeletons: Mutex::default(),
-        })
+        }
     }
 
     /// Renders and self-checks the workflow of one run.
@@ -229,7 +154,9 @@ impl Renderer {
         check_context(pipeline, ctx)?;
         let skipped = context::decide_skips(pipeline, ctx);
         let skeleton = self.skeleton(pipeline, profile, &skipped)?;
-        let text = self.run("run", context::run(pipeline, profile, ctx))?;
+        let text = self
+            .templates
+            .render("run", &[], context::run(pipeline, profile, ctx))?;
         let mut run: Value = serde_json::from_str(&text).map_err(|e| {
             RenderError::SelfCheck(format!("template `run` did not produce JSON: {e}"))
         })?;
@@ -280,11 +207,24 @@ impl Renderer {
             return Ok(hit);
         }
         let mut built = context::skeleton(pipeline, profile, skipped)?;
-        for (index, job) in std::mem::take(&mut built.jobs) {
+        // The workflow template includes a step as `step-container`, or as `step-resource` when it
+        // is distributed; only the partials this pipeline uses need compiling.
+        let steps = built.workflow["steps"].as_array().map_or(0, Vec::len);
+        let jobs = std::mem::take(&mut built.jobs);
+        let mut partials = Vec::with_capacity(2);
+        if jobs.len() < steps {
+            partials.push("step-container");
+        }
+        if !jobs.is_empty() {
+            partials.push("step-resource");
+        }
+        for (index, job) in jobs {
             let manifest = self.render_job(&job)?;
             built.workflow["steps"][index]["resource"] = manifest;
         }
-        let text = self.run("workflow", built.workflow)?;
+        let text = self
+            .templates
+            .render("workflow", &partials, built.workflow)?;
         let skeleton: Value = serde_json::from_str(&text).map_err(|e| {
             RenderError::SelfCheck(format!("template `workflow` did not produce JSON: {e}"))
         })?;
@@ -296,18 +236,6 @@ impl Renderer {
             cache.insert(key, skeleton.clone());
         }
         Ok(skeleton)
-    }
-
-    /// Renders a template. The data is moved into the context: `Handlebars::render` would first
-    /// copy the whole tree through serde.
-    fn run(&self, name: &str, data: Value) -> Result<String, RenderError> {
-        let ctx = Context::from(data);
-        self.hb
-            .render_with_context(name, &ctx)
-            .map_err(|e| RenderError::Template {
-                name: name.to_owned(),
-                message: e.to_string(),
-            })
     }
 
     /// Renders the inner PyTorchJob / JobSet of a distributed step to its manifest text.
@@ -324,7 +252,7 @@ impl Renderer {
                 "status.replicaStatuses.Master.failed > 0",
             ),
         };
-        let text = self.run(template, job.clone())?;
+        let text = self.templates.render(template, &[], job.clone())?;
         let object: Value = serde_json::from_str(&text).map_err(|e| {
             RenderError::SelfCheck(format!("template `{template}` did not produce JSON: {e}"))
         })?;

@@ -421,12 +421,17 @@ fn bad_context_is_refused() {
 fn template_overrides_are_self_checked() {
     let dir = std::env::temp_dir().join(format!("ferry-templates-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let broken = EMBEDDED[0].1.replace(
+    let broken = include_str!("../../../templates/workflow.json.hbs").replace(
         r#""template": {{q template}}"#,
         r#""template": "step-nowhere""#,
     );
     std::fs::write(dir.join("workflow.json.hbs"), broken).expect("write");
     let renderer = Renderer::from_dir(&dir).expect("compiles");
+    assert_eq!(
+        renderer.templates.names(),
+        ["workflow"],
+        "an override is compiled at once, the others when needed"
+    );
     let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
     let err = renderer
         .render(&p, &profile(), &ctx(EventKind::Push, "main"))
@@ -442,4 +447,79 @@ fn template_overrides_are_self_checked() {
         .expect_err("strict");
     assert!(err.to_string().contains("nothing_here"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The directory the embedded templates are made from.
+fn template_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"))
+}
+
+#[test]
+fn the_compacted_embedded_templates_render_what_the_files_do() {
+    let embedded = Renderer::embedded();
+    embedded
+        .templates
+        .compile_all()
+        .expect("every embedded template compiles");
+    let files = Renderer::from_dir(template_dir()).expect("the files compile");
+    let distributed = PIPELINE.replace("    timeout: 12h", "    timeout: 12h\n    nodes: 2");
+    let mut jobset = profile();
+    jobset.distributed = Distributed::Jobset;
+    for (text, profile) in [
+        (PIPELINE.to_owned(), profile()),
+        (distributed.clone(), profile()),
+        (distributed, jobset),
+    ] {
+        let p = pipeline::load("demo.yaml", &text, Some(&profile)).expect("valid");
+        for ctx in [
+            ctx(EventKind::Push, "main"),
+            ctx(EventKind::MergeRequest, "dev"),
+        ] {
+            let a = embedded.render(&p, &profile, &ctx).expect("renders");
+            let b = files.render(&p, &profile, &ctx).expect("renders");
+            assert_eq!(a.manifest, b.manifest);
+        }
+    }
+}
+
+#[test]
+fn a_render_compiles_only_the_templates_it_needs() {
+    let renderer = Renderer::embedded();
+    assert!(renderer.templates.names().is_empty());
+    let p = pipeline::load("demo.yaml", PIPELINE, Some(&profile())).expect("valid");
+    renderer
+        .render(&p, &profile(), &ctx(EventKind::Push, "main"))
+        .expect("renders");
+    assert_eq!(
+        renderer.templates.names(),
+        ["run", "step-container", "workflow"]
+    );
+    let text = PIPELINE.replace("    timeout: 12h", "    timeout: 12h\n    nodes: 2");
+    let p = pipeline::load("demo.yaml", &text, Some(&profile())).expect("valid");
+    renderer
+        .render(&p, &profile(), &ctx(EventKind::Push, "main"))
+        .expect("renders");
+    assert_eq!(
+        renderer.templates.names(),
+        [
+            "pytorchjob",
+            "run",
+            "step-container",
+            "step-resource",
+            "workflow"
+        ]
+    );
+}
+
+#[test]
+fn a_broken_override_is_reported_before_any_render() {
+    let dir = std::env::temp_dir().join(format!("ferry-broken-templates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // No pipeline here is distributed with JobSets; the broken template is an error all the same.
+    std::fs::write(dir.join("jobset.json.hbs"), "{\n  {{#if deadline}}\n}\n").expect("write");
+    let err = Renderer::from_dir(&dir).expect_err("does not compile");
+    std::fs::remove_dir_all(&dir).ok();
+    let message = err.to_string();
+    assert!(message.starts_with("template jobset: "), "{message}");
+    assert!(message.contains("line"), "{message}");
 }
