@@ -262,10 +262,17 @@ impl Serve {
                 .with_context(|| format!("unreadable {line:?}"))?;
             Ok(kib / 1024.0)
         };
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .map(str::trim)
+            .unwrap_or("?");
         Ok(format!(
-            "RSS {:.1} MiB (peak {:.1} MiB)",
+            "RSS {:.1} MiB (peak {:.1} MiB; anonymous {:.1}, file-backed {:.1}; {threads} threads)",
             field("VmRSS:")?,
-            field("VmHWM:")?
+            field("VmHWM:")?,
+            field("RssAnon:")?,
+            field("RssFile:")?
         ))
     }
 
