@@ -36,8 +36,8 @@ use crate::service::concurrency;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{
-    ClaimKind, EventId, EventState, NewRun, Replica, RunState, Store, StoreError, StoredEvent, WaitReason,
-    now_millis,
+    ClaimKind, EventId, EventState, NewRun, Replica, RunState, Store, StoreError, StoredEvent,
+    WaitReason, now_millis,
 };
 
 /// How long a woken planner waits for more deliveries before its pass.
@@ -296,8 +296,7 @@ impl Planner {
             .mark_event_failed_attempt(stored.id, &error.to_string(), retry_at)
             .await?;
         if state == EventState::Pending {
-            self.backing_off
-                .note(&stored.project, Some(retry_at), now);
+            self.backing_off.note(&stored.project, Some(retry_at), now);
         }
         Ok(())
     }

@@ -182,9 +182,7 @@ async fn write_batches(
 
 fn fail(batch: Vec<PendingInsert>, message: String) {
     for p in batch {
-        let _ = p
-            .reply
-            .send(Err(StoreError::GroupCommit(message.clone())));
+        let _ = p.reply.send(Err(StoreError::GroupCommit(message.clone())));
     }
 }
 
@@ -264,7 +262,12 @@ mod tests {
             let before = [row("k0", "stored before")];
             let before: Vec<&EventRow> = before.iter().collect();
             let first = store_batch(&mut conn, &before).await.expect("first batch");
-            let rows = [row("k1", odd), row("k0", "again"), row("k2", "b"), row("k1", odd)];
+            let rows = [
+                row("k1", odd),
+                row("k0", "again"),
+                row("k2", "b"),
+                row("k1", odd),
+            ];
             let refs: Vec<&EventRow> = rows.iter().collect();
             let got = store_batch(&mut conn, &refs).await.expect("batch");
             let (Inserted::New(k1), Inserted::New(k2)) = (got[0], got[2]) else {
@@ -274,8 +277,16 @@ mod tests {
             assert_eq!(got[1], Inserted::Duplicate(first[0].id()), "stored before");
             assert_eq!(got[3], Inserted::Duplicate(k1), "a repeat within the batch");
             drop(conn);
-            let stored = db.store.event_by_key("k1").await.expect("read").expect("k1");
-            assert_eq!(serde_json::to_string(&stored.event).expect("json"), rows[0].json);
+            let stored = db
+                .store
+                .event_by_key("k1")
+                .await
+                .expect("read")
+                .expect("k1");
+            assert_eq!(
+                serde_json::to_string(&stored.event).expect("json"),
+                rows[0].json
+            );
             assert_eq!((stored.received_at, stored.next_attempt_at), (1_000, 1_000));
             assert_eq!(stored.forge, ForgeKind::Gitlab);
             assert_eq!(db.store.event_count().await.expect("count"), 3);
