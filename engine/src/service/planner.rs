@@ -18,6 +18,8 @@
 //! `waiting` for `/ferry ok-to-test` (`trust`); comments carrying `/ferry` commands are acted on
 //! and answered through the store (`commands`).
 
+mod backing_off;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +36,8 @@ use crate::service::concurrency;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{
-    ClaimKind, EventId, NewRun, Replica, RunState, Store, StoreError, StoredEvent, WaitReason,
-    now_millis,
+    ClaimKind, EventId, EventState, NewRun, Replica, RunState, Store, StoreError, StoredEvent,
+    WaitReason, now_millis,
 };
 
 /// How long a woken planner waits for more deliveries before its pass.
@@ -76,6 +78,8 @@ pub struct Planner {
     pub(super) forges: Option<Arc<Forges>>,
     /// This process, for claiming projects.
     pub(super) replica: Replica,
+    /// Projects whose oldest pending event is backing off, and until when.
+    backing_off: backing_off::BackingOff,
 }
 
 impl Planner {
@@ -96,6 +100,7 @@ impl Planner {
             metrics: Arc::default(),
             forges: None,
             replica: Replica::default(),
+            backing_off: Default::default(),
         }
     }
 
@@ -177,7 +182,7 @@ impl Planner {
     async fn until_next_due(&self) -> Duration {
         let mut due: Option<i64> = None;
         for project in &self.config.projects {
-            if let Ok(Some(at)) = self.store.first_pending_due_at(&project.name).await {
+            if let Ok(Some(at)) = self.oldest_due(&project.name).await {
                 due = Some(due.map_or(at, |d| d.min(at)));
             }
         }
@@ -225,9 +230,19 @@ impl Planner {
 
     /// Whether the oldest pending event of `project` is due.
     async fn due(&self, project: &str) -> Result<bool, StoreError> {
-        Ok(
-            matches!(self.store.first_pending_due_at(project).await?, Some(at) if at <= now_millis()),
-        )
+        Ok(matches!(self.oldest_due(project).await?, Some(at) if at <= now_millis()))
+    }
+
+    /// When the oldest pending event of `project` is due, if it has one: from memory while it is
+    /// known to be backing off (no store query per wake during a burst), else from the store.
+    async fn oldest_due(&self, project: &str) -> Result<Option<i64>, StoreError> {
+        let now = now_millis();
+        if let Some(at) = self.backing_off.until(project, now) {
+            return Ok(Some(at));
+        }
+        let due = self.store.first_pending_due_at(project).await?;
+        self.backing_off.note(project, due, now);
+        Ok(due)
     }
 
     /// Plans the events of a claimed project in order, while the claim holds.
@@ -274,9 +289,15 @@ impl Planner {
             &[("project", &stored.project), ("kind", kind)],
         );
         tracing::warn!(event.id = stored.id.0, project = %stored.project, attempts = stored.attempts + 1, retry_in_ms = backoff, error = %error, "planning failed; will retry");
-        self.store
-            .mark_event_failed_attempt(stored.id, &error.to_string(), now_millis() + backoff)
+        let now = now_millis();
+        let retry_at = now + backoff;
+        let state = self
+            .store
+            .mark_event_failed_attempt(stored.id, &error.to_string(), retry_at)
             .await?;
+        if state == EventState::Pending {
+            self.backing_off.note(&stored.project, Some(retry_at), now);
+        }
         Ok(())
     }
 

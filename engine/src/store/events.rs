@@ -10,6 +10,8 @@
 use crate::event::{Event, ForgeKind};
 use crate::store::Pools;
 
+use super::group_commit::EventRow;
+
 use super::states::EventState;
 use super::{
     Columns, EventId, Store, StoreError, UnixMillis, now_millis, parse_word, with_pool, write_tx,
@@ -82,108 +84,35 @@ fn event_from_row(row: &impl Columns) -> Result<StoredEvent, StoreError> {
     })
 }
 
-/// One delivery to store.
-#[derive(Debug)]
-struct EventRow {
-    project: String,
-    forge: ForgeKind,
-    key: String,
-    json: String,
-    now: UnixMillis,
-}
-
-/// A delivery waiting in the SQLite group-commit queue, with where to send its result.
-#[derive(Debug)]
-pub(crate) struct PendingInsert {
-    row: EventRow,
-    reply: tokio::sync::oneshot::Sender<Result<Inserted, StoreError>>,
-}
-
-/// Inserts one delivery in the transaction `$tx`: new, or the id it already has. A macro so the
-/// same statements serve both backends' transaction types.
-macro_rules! insert_one {
-    ($tx:expr, $row:expr) => {{
-        let row: &EventRow = $row;
-        let new: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO events (project, forge, delivery_key, event_json, received_at, state, \
-             attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $5) \
-             ON CONFLICT (delivery_key) DO NOTHING RETURNING id",
-        )
-        .bind(&row.project)
-        .bind(row.forge.as_str())
-        .bind(&row.key)
-        .bind(&row.json)
-        .bind(row.now)
-        .fetch_optional(&mut *$tx)
-        .await?;
-        match new {
-            Some((id,)) => Inserted::New(EventId(id)),
-            None => {
-                let (id,): (i64,) = sqlx::query_as("SELECT id FROM events WHERE delivery_key = $1")
-                    .bind(&row.key)
-                    .fetch_one(&mut *$tx)
-                    .await?;
-                Inserted::Duplicate(EventId(id))
-            }
+/// Stores one delivery on PostgreSQL in its own transaction: new, or the id it already has.
+/// (SQLite stores deliveries in batches, [`super::group_commit`].)
+async fn insert_one(pool: &sqlx::PgPool, row: &EventRow) -> Result<Inserted, StoreError> {
+    let mut tx = pool.begin().await?;
+    let new: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO events (project, forge, delivery_key, event_json, received_at, state, \
+         attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $5) \
+         ON CONFLICT (delivery_key) DO NOTHING RETURNING id",
+    )
+    .bind(&row.project)
+    .bind(row.forge.as_str())
+    .bind(&row.key)
+    .bind(&row.json)
+    .bind(row.now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let inserted = match new {
+        Some((id,)) => Inserted::New(EventId(id)),
+        // Only a redelivery costs the second statement.
+        None => {
+            let (id,): (i64,) = sqlx::query_as("SELECT id FROM events WHERE delivery_key = $1")
+                .bind(&row.key)
+                .fetch_one(&mut *tx)
+                .await?;
+            Inserted::Duplicate(EventId(id))
         }
-    }};
-}
-
-/// SQLite group commit: every caller queues its delivery, then whoever holds the write lock
-/// stores everything queued in ONE transaction (one fsync with `synchronous=FULL`) and answers each
-/// caller. Nothing is acknowledged before its commit; a failed commit fails every delivery in it,
-/// and the forges redeliver.
-async fn group_commit(
-    pool: &sqlx::SqlitePool,
-    write: &tokio::sync::Mutex<()>,
-    queue: &std::sync::Mutex<Vec<PendingInsert>>,
-    row: EventRow,
-) -> Result<Inserted, StoreError> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    queue
-        .lock()
-        .map_err(|_| StoreError::Corrupt("event queue lock poisoned".into()))?
-        .push(PendingInsert { row, reply });
-    {
-        let _guard = write.lock().await;
-        let batch = std::mem::take(
-            &mut *queue
-                .lock()
-                .map_err(|_| StoreError::Corrupt("event queue lock poisoned".into()))?,
-        );
-        if !batch.is_empty() {
-            commit_batch(pool, batch).await;
-        }
-    }
-    answer
-        .await
-        .map_err(|_| StoreError::Corrupt("group commit dropped a delivery".into()))?
-}
-
-async fn commit_batch(pool: &sqlx::SqlitePool, batch: Vec<PendingInsert>) {
-    let result: Result<Vec<Inserted>, StoreError> = async {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for p in &batch {
-            out.push(insert_one!(tx, &p.row));
-        }
-        tx.commit().await?;
-        Ok(out)
-    }
-    .await;
-    match result {
-        Ok(results) => {
-            for (p, r) in batch.into_iter().zip(results) {
-                let _ = p.reply.send(Ok(r));
-            }
-        }
-        Err(e) => {
-            let message = e.to_string();
-            for p in batch {
-                let _ = p.reply.send(Err(StoreError::GroupCommit(message.clone())));
-            }
-        }
-    }
+    };
+    tx.commit().await?;
+    Ok(inserted)
 }
 
 impl Store {
@@ -210,11 +139,8 @@ impl Store {
             now: now_millis(),
         };
         match &self.pools {
-            Pools::Sqlite { pool, write, queue } => group_commit(pool, write, queue, row).await,
-            Pools::Postgres(_) => {
-                let inserted = write_tx!(self, |tx| insert_one!(tx, &row));
-                Ok(inserted)
-            }
+            Pools::Sqlite { pool, write, queue } => queue.insert(pool, write, row).await,
+            Pools::Postgres(pool) => insert_one(pool, &row).await,
         }
     }
 

@@ -5,7 +5,8 @@
 //! One [`Store`] wraps either a SQLite pool (the default, `sqlite://ferry.db`) or a PostgreSQL
 //! pool (`postgres://` / `postgresql://` URLs, for several replicas). Every query is one SQL text
 //! shared by both backends (numbered `$n` parameters, `ON CONFLICT`, `RETURNING`); only the schema
-//! DDL differs ([`schema`]). Queries are runtime `sqlx::query`, no compile-time macros.
+//! DDL ([`schema`]) and SQLite's batched delivery insert ([`group_commit`]) differ. Queries are
+//! runtime `sqlx::query`, no compile-time macros.
 //!
 //! Guarantees the rest of ferry builds on:
 //! - **Store before acknowledge**: [`Store::insert_event`] returns only after the delivery is
@@ -30,6 +31,7 @@ mod claims;
 mod control;
 mod events;
 mod forge_state;
+mod group_commit;
 mod logs;
 mod outbox;
 mod quota;
@@ -222,8 +224,8 @@ enum Pools {
         pool: SqlitePool,
         /// Serialises this process's write transactions.
         write: Arc<tokio::sync::Mutex<()>>,
-        /// Deliveries waiting for the next group commit (see `events::insert_event`).
-        queue: Arc<std::sync::Mutex<Vec<events::PendingInsert>>>,
+        /// Deliveries waiting for the next group commit ([`group_commit`]).
+        queue: Arc<group_commit::GroupCommit>,
     },
     Postgres(PgPool),
 }
@@ -333,7 +335,11 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true);
-            let mut pool_options = SqlitePoolOptions::new().max_connections(8);
+            // A SQLite connection is a file handle, not a socket that can go stale: no ping (a
+            // round trip to the connection's thread) before each use.
+            let mut pool_options = SqlitePoolOptions::new()
+                .max_connections(8)
+                .test_before_acquire(false);
             if in_memory {
                 // The database lives as long as one connection does.
                 pool_options = pool_options
