@@ -88,6 +88,10 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rendered.manifest)?),
         Format::Yaml => print!("{}", super::yaml::to_yaml(&rendered.manifest)),
     }
+    // The process ends here and the OS takes its memory back at once: dropping the manifest's
+    // JSON tree, the compiled templates, the pipeline and the profile one node at a time was a
+    // tenth of the command's instructions (docs/PERFORMANCE.md).
+    std::mem::forget((rendered, renderer, pipeline, profile, ctx));
     Ok(ExitCode::SUCCESS)
 }
 
