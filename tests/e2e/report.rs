@@ -196,6 +196,16 @@ impl World {
         self.to(run, RunState::Running, RunState::Succeeded).await;
     }
 
+    /// Each GitLab status context with its last state, in the order first sent.
+    fn gitlab_states(&self) -> Vec<(String, String)> {
+        self.forge.with(|s| {
+            s.gitlab_statuses
+                .iter()
+                .map(|s| (s.name.clone(), s.state.clone()))
+                .collect()
+        })
+    }
+
     async fn unsent(&self, run: RunId) -> usize {
         let rows = self.store.outbox_for_run(run).await.expect("outbox");
         rows.iter().filter(|r| r.sent_at.is_none()).count()
@@ -312,14 +322,8 @@ async fn a_gitlab_run_lifecycle_makes_exactly_these_calls() {
         "{}",
         notes[0].body
     );
-    let finals: Vec<(String, String)> = w.forge.with(|s| {
-        s.gitlab_statuses
-            .iter()
-            .map(|s| (s.name.clone(), s.state.clone()))
-            .collect()
-    });
     assert_eq!(
-        finals,
+        w.gitlab_states(),
         [
             ("ferry/train", "success"),
             ("ferry/train/prepare", "success"),
@@ -355,14 +359,8 @@ async fn pipelines_of_one_and_two_steps_stay_within_the_call_budget() {
     let calls: Vec<String> = lifecycle(&w, run, &["fit", "eval"]).await.concat();
     assert_eq!(calls.len(), 8, "{calls:?}");
     assert!(calls.len() <= budget(2));
-    let finals: Vec<(String, String)> = w.forge.with(|s| {
-        s.gitlab_statuses
-            .iter()
-            .map(|s| (s.name.clone(), s.state.clone()))
-            .collect()
-    });
     assert_eq!(
-        finals,
+        w.gitlab_states(),
         [
             ("ferry/train", "success"),
             ("ferry/train/fit", "success"),
