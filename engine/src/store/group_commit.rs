@@ -125,11 +125,21 @@ impl GroupCommit {
 
 /// Clears `writing` and fails what is queued if the writer ends early (a panic, or the runtime
 /// shutting down), so no later delivery waits for a writer that is gone.
-struct WriterGone<'a>(&'a GroupCommit);
+///
+/// It is disarmed once [`GroupCommit::take_batch`] has found the queue empty and handed
+/// `writing` back: from then on `writing` and the queue belong to the next writer (a delivery
+/// may already have queued itself and started one), and this guard must not touch them.
+struct WriterGone<'a> {
+    commits: &'a GroupCommit,
+    finished: bool,
+}
 
 impl Drop for WriterGone<'_> {
     fn drop(&mut self) {
-        let mut queue = self.0.lock();
+        if self.finished {
+            return;
+        }
+        let mut queue = self.commits.lock();
         if queue.writing {
             queue.writing = false;
             fail(
@@ -147,11 +157,15 @@ async fn write_batches(
     pool: SqlitePool,
     write: Arc<tokio::sync::Mutex<()>>,
 ) {
-    let _gone = WriterGone(&commits);
+    let mut gone = WriterGone {
+        commits: &commits,
+        finished: false,
+    };
     let mut conn: Option<PoolConnection<Sqlite>> = None;
     loop {
         let _write = write.lock().await;
         let Some(batch) = commits.take_batch() else {
+            gone.finished = true;
             return;
         };
         let c = match &mut conn {
@@ -290,6 +304,37 @@ mod tests {
             assert_eq!((stored.received_at, stored.next_attempt_at), (1_000, 1_000));
             assert_eq!(stored.forge, ForgeKind::Gitlab);
             assert_eq!(db.store.event_count().await.expect("count"), 3);
+            db.finish().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod sequential_tests {
+    use crate::event::ForgeKind;
+    use crate::store::tests::{backends, push_event};
+    use crate::store::{Backend, Inserted};
+
+    /// One delivery at a time: each finds the previous writer finishing (or finished) and starts
+    /// its own. The finishing writer must leave the new writer's queue alone (CI once saw "the
+    /// writer stopped" here, when the old writer's guard failed the next delivery).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn back_to_back_deliveries_never_meet_a_stopping_writer() {
+        for db in backends("group_commit_back_to_back").await {
+            if db.backend != Backend::Sqlite {
+                db.finish().await;
+                continue;
+            }
+            let event = push_event(&"e".repeat(40));
+            for k in 0..2_000 {
+                let got = db
+                    .store
+                    .insert_event("resnet", ForgeKind::Gitlab, &format!("seq-{k}"), &event)
+                    .await
+                    .unwrap_or_else(|e| panic!("delivery {k}: {e}"));
+                assert!(matches!(got, Inserted::New(_)), "delivery {k}: {got:?}");
+            }
+            assert_eq!(db.store.event_count().await.expect("count"), 2_000);
             db.finish().await;
         }
     }
