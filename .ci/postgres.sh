@@ -63,10 +63,19 @@ if [ -z "$port" ]; then
   [ -n "$port" ] || { log "no free port in 55432-55531"; exit 1; }
 fi
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-pg.XXXXXX")
+# As root the cluster runs as the postgres user, who must reach the directory: every directory
+# above it must be searchable by others, which a TMPDIR under /root or a private work tree is
+# not. So as root the cluster lives under /tmp (or FERRY_PG_PARENT), whatever TMPDIR says.
+if [ "$(id -u)" -eq 0 ]; then
+  parent=${FERRY_PG_PARENT:-/tmp}
+else
+  parent=${TMPDIR:-/tmp}
+fi
+dir=$(mktemp -d "$parent/ferry-pg.XXXXXX")
 chmod 755 "$dir"
 if [ "$(id -u)" -eq 0 ]; then
   chown postgres:postgres "$dir"
+  as_pg test -w "$dir" || { log "the postgres user cannot write to $dir (check the modes of $parent)"; exit 1; }
 fi
 cd "$dir"   # the postgres user must be able to read its working directory
 
