@@ -533,7 +533,8 @@ mod tests {
     fn a_queued_run_is_reported_pending_after_a_grace() {
         let c = Config::from_yaml("ferry.yaml", "projects: []\n").expect("valid");
         assert_eq!(c.report.pending_after_ms, 10_000);
-        let c = Config::from_yaml("ferry.yaml", "report: { pending_after_ms: 0 }\n").expect("valid");
+        let c =
+            Config::from_yaml("ferry.yaml", "report: { pending_after_ms: 0 }\n").expect("valid");
         assert_eq!(c.report.pending_after_ms, 0);
         let err = Config::from_yaml("ferry.yaml", "report: { pending_after_ms: 3600000 }\n")
             .expect_err("too long")

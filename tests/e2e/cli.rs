@@ -414,9 +414,14 @@ fn the_binary_is_position_dependent_unless_built_with_ferry_pie() {
     let bytes = std::fs::read(env!("CARGO_BIN_EXE_ferry-under-test")).expect("read the binary");
     assert_eq!(&bytes[..4], b"\x7fELF", "an ELF file");
     let e_type = u16::from_le_bytes([bytes[16], bytes[17]]);
-    let expected = if option_env!("FERRY_PIE") == Some("1") { 3 } else { 2 };
+    let expected = if option_env!("FERRY_PIE") == Some("1") {
+        3
+    } else {
+        2
+    };
     assert_eq!(
-        e_type, expected,
+        e_type,
+        expected,
         "ELF type {e_type} (2: executable, 3: position-independent), FERRY_PIE={:?}",
         option_env!("FERRY_PIE")
     );

@@ -143,7 +143,9 @@ impl World {
     async fn run_of(&self, steps: &[&str]) -> RunId {
         let mut yaml = "version: 1\nname: train\ndefaults: { image: img:1 }\nsteps:\n".to_owned();
         for name in steps {
-            yaml.push_str(&format!("  - {{ name: {name}, kind: task, run: make {name} }}\n"));
+            yaml.push_str(&format!(
+                "  - {{ name: {name}, kind: task, run: make {name} }}\n"
+            ));
         }
         let mut run = self.new_run(Some(MR), "feature");
         run.pipeline_yaml = yaml;

@@ -100,11 +100,13 @@ impl GroupCommit {
         if start_writer {
             // A task of its own: a caller that goes away (its client hung up) must not take the
             // batch it was committing with it.
-            tokio::spawn(write_batches(
-                Arc::clone(self),
-                pool.clone(),
-                Arc::clone(write),
-            ));
+            // The guard is made here, not in the task: a task dropped before it first runs (the
+            // runtime shutting down) still fails what is queued instead of leaving it waiting.
+            let guard = WriterGone {
+                commits: Arc::clone(self),
+                finished: false,
+            };
+            tokio::spawn(write_batches(guard, pool.clone(), Arc::clone(write)));
         }
         answer
             .await
@@ -129,12 +131,12 @@ impl GroupCommit {
 /// It is disarmed once [`GroupCommit::take_batch`] has found the queue empty and handed
 /// `writing` back: from then on `writing` and the queue belong to the next writer (a delivery
 /// may already have queued itself and started one), and this guard must not touch them.
-struct WriterGone<'a> {
-    commits: &'a GroupCommit,
+struct WriterGone {
+    commits: Arc<GroupCommit>,
     finished: bool,
 }
 
-impl Drop for WriterGone<'_> {
+impl Drop for WriterGone {
     fn drop(&mut self) {
         if self.finished {
             return;
@@ -152,15 +154,8 @@ impl Drop for WriterGone<'_> {
 
 /// The writer: commits batches while deliveries are queued, under the store's write lock (which
 /// serialises it with every other write of this process), on one pooled connection.
-async fn write_batches(
-    commits: Arc<GroupCommit>,
-    pool: SqlitePool,
-    write: Arc<tokio::sync::Mutex<()>>,
-) {
-    let mut gone = WriterGone {
-        commits: &commits,
-        finished: false,
-    };
+async fn write_batches(mut gone: WriterGone, pool: SqlitePool, write: Arc<tokio::sync::Mutex<()>>) {
+    let commits = Arc::clone(&gone.commits);
     let mut conn: Option<PoolConnection<Sqlite>> = None;
     loop {
         let _write = write.lock().await;
@@ -263,6 +258,55 @@ mod tests {
         }
     }
 
+    /// Queues one delivery as `insert` does and returns where its answer arrives.
+    fn queued(commits: &GroupCommit) -> oneshot::Receiver<Result<Inserted, StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        let mut queue = commits.lock();
+        queue.pending.push(PendingInsert {
+            row: row("k", "m"),
+            reply,
+        });
+        queue.writing = true;
+        answer
+    }
+
+    #[test]
+    fn a_writer_dropped_before_it_ran_fails_what_is_queued() {
+        let commits = Arc::new(GroupCommit::default());
+        let mut answer = queued(&commits);
+        drop(WriterGone {
+            commits: Arc::clone(&commits),
+            finished: false,
+        });
+        let got = answer.try_recv().expect("answered");
+        assert!(
+            matches!(&got, Err(StoreError::GroupCommit(m)) if m == "the writer stopped"),
+            "{got:?}"
+        );
+        assert!(!commits.lock().writing, "the next delivery starts a writer");
+    }
+
+    #[test]
+    fn a_finished_writer_leaves_the_next_writers_queue_alone() {
+        let commits = Arc::new(GroupCommit::default());
+        // The old writer found the queue empty (`take_batch` gave `writing` back) ...
+        commits.lock().writing = true;
+        assert!(commits.take_batch().is_none());
+        // ... then a delivery queued itself and started the next writer, before the old one's
+        // guard was dropped.
+        let mut answer = queued(&commits);
+        drop(WriterGone {
+            commits: Arc::clone(&commits),
+            finished: true,
+        });
+        assert!(
+            answer.try_recv().is_err(),
+            "still waiting for its own writer"
+        );
+        assert!(commits.lock().writing);
+        assert_eq!(commits.lock().pending.len(), 1);
+    }
+
     #[tokio::test]
     async fn a_batch_is_stored_in_order_exactly_once_per_key_and_byte_for_byte() {
         for db in backends("group_commit_batch").await {
@@ -307,13 +351,6 @@ mod tests {
             db.finish().await;
         }
     }
-}
-
-#[cfg(test)]
-mod sequential_tests {
-    use crate::event::ForgeKind;
-    use crate::store::tests::{backends, push_event};
-    use crate::store::{Backend, Inserted};
 
     /// One delivery at a time: each finds the previous writer finishing (or finished) and starts
     /// its own. The finishing writer must leave the new writer's queue alone (CI once saw "the

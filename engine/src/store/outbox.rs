@@ -218,13 +218,11 @@ impl Store {
     /// sent is left alone.
     pub async fn postpone_outbox(&self, id: OutboxId, at: UnixMillis) -> Result<(), StoreError> {
         write_tx!(self, |tx| {
-            sqlx::query(
-                "UPDATE outbox SET next_attempt_at = $2 WHERE id = $1 AND sent_at IS NULL",
-            )
-            .bind(id.0)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE outbox SET next_attempt_at = $2 WHERE id = $1 AND sent_at IS NULL")
+                .bind(id.0)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
         });
         Ok(())
     }

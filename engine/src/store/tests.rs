@@ -235,11 +235,28 @@ async fn concurrent_mixed_deliveries_store_each_key_once_with_one_id() {
         assert_eq!(by_key.len(), 100);
         for (key, results) in &by_key {
             let k: usize = key["key-".len()..].parse().expect("number");
-            let new = results.iter().filter(|r| matches!(r, Inserted::New(_))).count();
-            assert_eq!(new, usize::from(k >= 20), "{:?}: {key}: {results:?}", db.backend);
+            let new = results
+                .iter()
+                .filter(|r| matches!(r, Inserted::New(_)))
+                .count();
+            assert_eq!(
+                new,
+                usize::from(k >= 20),
+                "{:?}: {key}: {results:?}",
+                db.backend
+            );
             let id = results[0].id();
-            assert!(results.iter().all(|r| r.id() == id), "{:?}: {key}: {results:?}", db.backend);
-            let stored = db.store.event_by_key(key).await.expect("read").expect("stored");
+            assert!(
+                results.iter().all(|r| r.id() == id),
+                "{:?}: {key}: {results:?}",
+                db.backend
+            );
+            let stored = db
+                .store
+                .event_by_key(key)
+                .await
+                .expect("read")
+                .expect("stored");
             assert_eq!(stored.id, id, "{:?}: {key}", db.backend);
         }
         assert_eq!(count(&db.store, "SELECT COUNT(*) FROM events").await, 100);

@@ -168,12 +168,60 @@ mod tests {
     #[test]
     fn values_come_back_as_they_were() {
         let tricky = [
-            "", " ", "a", "true", "False", "NULL", "~", "yes", "on", "n", "1", "1.5", "-1", "0x1F",
-            "1e3", ".inf", "-.5", "a: b", "a #b", "#x", "- x", "[x]", "{x}", "&a", "*a", "!t",
-            "|", ">", "%x", "@x", "`x`", "'q'", "\"q\"", "a\\b", "x\ty", "line\n", "a\nb",
-            "a\nb\n", "a\n\nb\n\n", "  lead\nx", "x\n  indented\n", "trail \nx", "x\n \ny",
-            "tab\n\tx", "\nstart", "é ü 中", "a\rb", "bell\u{7}", "${{ x }}", "{{x}}",
-            "refs/heads/exp/a\";$(reboot)#{{x}}", "nvidia.com/gpu", "ferry-12", "v1.2.0",
+            "",
+            " ",
+            "a",
+            "true",
+            "False",
+            "NULL",
+            "~",
+            "yes",
+            "on",
+            "n",
+            "1",
+            "1.5",
+            "-1",
+            "0x1F",
+            "1e3",
+            ".inf",
+            "-.5",
+            "a: b",
+            "a #b",
+            "#x",
+            "- x",
+            "[x]",
+            "{x}",
+            "&a",
+            "*a",
+            "!t",
+            "|",
+            ">",
+            "%x",
+            "@x",
+            "`x`",
+            "'q'",
+            "\"q\"",
+            "a\\b",
+            "x\ty",
+            "line\n",
+            "a\nb",
+            "a\nb\n",
+            "a\n\nb\n\n",
+            "  lead\nx",
+            "x\n  indented\n",
+            "trail \nx",
+            "x\n \ny",
+            "tab\n\tx",
+            "\nstart",
+            "é ü 中",
+            "a\rb",
+            "bell\u{7}",
+            "${{ x }}",
+            "{{x}}",
+            "refs/heads/exp/a\";$(reboot)#{{x}}",
+            "nvidia.com/gpu",
+            "ferry-12",
+            "v1.2.0",
         ];
         for s in tricky {
             let value = json!({ "k": s, "list": [s, { "in": s }], s: 1 });
@@ -186,7 +234,13 @@ mod tests {
             "deep": { "a": { "b": [ { "c": [ { "d": "e" } ] } ] } },
         });
         assert_eq!(back(&to_yaml(&shapes)), shapes, "{}", to_yaml(&shapes));
-        for top in [json!("x"), json!([1, "a"]), json!({}), json!([]), json!(null)] {
+        for top in [
+            json!("x"),
+            json!([1, "a"]),
+            json!({}),
+            json!([]),
+            json!(null),
+        ] {
             assert_eq!(back(&to_yaml(&top)), top, "{}", to_yaml(&top));
         }
     }
