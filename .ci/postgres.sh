@@ -24,6 +24,18 @@ as_pg() {
   fi
 }
 
+# apt-get as root, or through sudo when that needs no password; otherwise says why it cannot.
+apt_get() {
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get "$@"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo -n env DEBIAN_FRONTEND=noninteractive apt-get "$@"
+  else
+    log "PostgreSQL is not installed, and installing it needs root (or sudo without a password)"
+    return 1
+  fi
+}
+
 find_bindir() {
   local initdb
   initdb=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)
@@ -44,8 +56,8 @@ bindir=$(find_bindir || true)
 if [ -z "$bindir" ]; then
   log "PostgreSQL is not installed; installing it with apt"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update >&2
-  apt-get install -y --no-install-recommends postgresql >&2
+  apt_get update >&2
+  apt_get install -y --no-install-recommends postgresql >&2
   bindir=$(find_bindir) || { log "initdb still missing after installing postgresql"; exit 1; }
 fi
 log "using $bindir"
