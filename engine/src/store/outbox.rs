@@ -255,9 +255,21 @@ impl Store {
             })
             .map(|(id, _)| id)
             .collect();
-        for id in &stale {
-            self.mark_outbox_sent(OutboxId(*id)).await?;
+        if stale.is_empty() {
+            return Ok(0);
         }
+        // One transaction (one fsync on SQLite) for all of them; a row sent meanwhile stays as
+        // it is.
+        let now = now_millis();
+        write_tx!(self, |tx| {
+            for id in &stale {
+                sqlx::query("UPDATE outbox SET sent_at = $2 WHERE id = $1 AND sent_at IS NULL")
+                    .bind(*id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        });
         Ok(stale.len())
     }
 }

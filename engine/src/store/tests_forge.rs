@@ -132,3 +132,74 @@ async fn new_outbox_rows_wake_the_reporter_and_baselines_are_succeeded_branch_ru
         db.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postponed_rows_wait_and_superseded_run_rows_settle_in_one_go() {
+    for db in backends("outbox_settle").await {
+        let s = &db.store;
+        let (run, _) = s
+            .create_run(&new_run("resnet", "train", &"c".repeat(40), None))
+            .await
+            .expect("create");
+        let (other, _) = s
+            .create_run(&new_run("resnet", "eval", &"c".repeat(40), None))
+            .await
+            .expect("create another");
+        let rows = s.outbox_for_run(run).await.expect("outbox");
+        let queued = rows[0].id;
+        // Postponed: not due until then, and not counted as a failed attempt.
+        let later = now_millis() + 3_600_000;
+        s.postpone_outbox(queued, later).await.expect("postpone");
+        let due = s.pending_outbox(100).await.expect("pending");
+        assert!(due.iter().all(|o| o.id != queued), "{due:?}");
+        let row = &s.outbox_for_run(run).await.expect("outbox")[0];
+        assert_eq!((row.next_attempt_at, row.attempts), (later, 0));
+
+        s.transition_run(run, RunState::Queued, RunState::Submitted)
+            .await
+            .expect("submit");
+        s.transition_run(run, RunState::Submitted, RunState::Running)
+            .await
+            .expect("running");
+        // The queued and submitted rows are about earlier states: settled without a call. The
+        // running row, and the other run's rows, stay to be sent.
+        let settled = s
+            .settle_superseded_run_rows(run, "running")
+            .await
+            .expect("settle");
+        assert_eq!(settled, 2);
+        let rows = s.outbox_for_run(run).await.expect("outbox");
+        let sent: Vec<(String, bool)> = rows
+            .iter()
+            .map(|o| {
+                (
+                    o.payload["state"].as_str().unwrap_or_default().to_owned(),
+                    o.sent_at.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("queued".to_owned(), true),
+                ("submitted".to_owned(), true),
+                ("running".to_owned(), false)
+            ]
+        );
+        assert!(
+            s.outbox_for_run(other)
+                .await
+                .expect("outbox")
+                .iter()
+                .all(|o| o.sent_at.is_none())
+        );
+        assert_eq!(
+            s.settle_superseded_run_rows(run, "running")
+                .await
+                .expect("again"),
+            0,
+            "nothing left to settle"
+        );
+        db.finish().await;
+    }
+}
