@@ -280,6 +280,42 @@ fn render_tag_manual_and_param_flags_match_the_in_process_render() {
 }
 
 #[test]
+fn render_merge_request_flags_match_the_in_process_render_in_either_spelling() {
+    let profile = profile();
+    let ex = example("train-eval-deploy");
+    let pipeline = ex.load();
+    let mut ctx = cli_context(
+        &pipeline,
+        EventKind::MergeRequest,
+        "refs/heads/feature/x",
+        Some("feature/x"),
+        None,
+    );
+    ctx.merge_request = Some(42);
+    let expected = render(&pipeline, &profile, &ctx, "merge request").manifest;
+    // `merge_request` as pipeline files and DESIGN.md spell the event; `merge-request` too.
+    for spelling in ["merge_request", "merge-request"] {
+        let run = render_cli(
+            &ex.file,
+            &[
+                "--event",
+                spelling,
+                "--mr",
+                "42",
+                "--ref",
+                "feature/x",
+                "-o",
+                "json",
+            ],
+        );
+        assert_eq!(run.code, 0, "{spelling}: {run}");
+        let cli: Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{spelling}: not JSON ({e}):\n{run}"));
+        assert_same(&format!("--event {spelling}"), &cli, &expected);
+    }
+}
+
+#[test]
 fn render_yaml_output_reads_back_as_the_same_manifest_with_every_string_a_string() {
     // Values that YAML 1.1 readers (kubectl, sigs.k8s.io/yaml) would turn into booleans, numbers or
     // null when emitted without quotes, plus the spec's hostile ref.

@@ -12,6 +12,8 @@ use ferry_engine::render::{Renderer, RunContext};
 enum Event {
     Push,
     Tag,
+    /// Spelt as in pipeline files (`if.events`, `on.merge_request`); `merge-request` also works.
+    #[value(name = "merge_request", alias = "merge-request")]
     MergeRequest,
     Manual,
 }
@@ -45,7 +47,7 @@ pub struct RenderArgs {
     /// Run id (the workflow is `ferry-<id>`).
     #[arg(long, default_value_t = 1)]
     run_id: u64,
-    /// Merge request number (with `--event merge-request`).
+    /// Merge request number (with `--event merge_request`).
     #[arg(long)]
     mr: Option<u64>,
     /// Project name for labels.
