@@ -94,8 +94,21 @@ cd "$dir"   # the postgres user must be able to read its working directory
 as_pg "$bindir/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$dir/data" >"$dir/initdb.log" 2>&1 \
   || { cat "$dir/initdb.log" >&2; log "initdb failed"; exit 1; }
 
+# TLS with a throw-away self-signed certificate, so that the tests can connect with
+# `sslmode=require` too (plain connections keep working). Without an openssl binary, no TLS: the
+# TLS test then says it is skipped.
+ssl_opts=""
+if command -v openssl >/dev/null 2>&1 \
+  && as_pg openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" \
+    -keyout "$dir/data/server.key" -out "$dir/data/server.crt" >"$dir/openssl.log" 2>&1; then
+  as_pg chmod 600 "$dir/data/server.key"
+  ssl_opts="-c ssl=on -c ssl_cert_file=$dir/data/server.crt -c ssl_key_file=$dir/data/server.key"
+else
+  log "no TLS for this cluster (openssl missing or failed)"
+fi
+
 as_pg "$bindir/pg_ctl" start -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+  -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off $ssl_opts" \
   >&2 || { cat "$dir/server.log" >&2; log "pg_ctl start failed"; exit 1; }
 
 for _ in $(seq 1 60); do

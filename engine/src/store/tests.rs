@@ -565,3 +565,61 @@ async fn sqlite_is_wal_with_full_sync_and_urls_are_checked() {
         matches!(Store::open("mysql://u:secret@h/db").await, Err(StoreError::UnsupportedUrl(u)) if !u.contains("secret"))
     );
 }
+
+/// PostgreSQL over TLS: a `database_url` with `sslmode=require` connects encrypted (rustls on
+/// aws-lc-rs, the one TLS stack) and the store works through it. `.ci/postgres.sh` starts its
+/// cluster with a self-signed certificate; `require` encrypts without checking it, as libpq does.
+#[tokio::test]
+async fn postgres_with_sslmode_require_connects_over_tls() {
+    let Some((_, url, _, pg_schema)) = fresh_urls("postgres_tls")
+        .await
+        .into_iter()
+        .find(|(backend, ..)| *backend == Backend::Postgres)
+    else {
+        return; // fresh_urls said why
+    };
+    let mut admin = sqlx::PgConnection::connect(&pg_schema.as_ref().expect("schema").0)
+        .await
+        .expect("admin connection");
+    let (ssl,): (String,) = sqlx::query_as("SHOW ssl")
+        .fetch_one(&mut admin)
+        .await
+        .expect("show ssl");
+    if ssl != "on" {
+        let line = "postgres_tls: SKIPPED: the test cluster has no TLS (ssl = off)\n";
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return;
+    }
+    let store = Store::open(&format!("{url}&sslmode=require"))
+        .await
+        .expect("open over TLS");
+    let Pools::Postgres(pool) = &store.pools else {
+        panic!("a postgres:// URL opens PostgreSQL");
+    };
+    let (encrypted, version): (bool, Option<String>) =
+        sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(pool)
+            .await
+            .expect("pg_stat_ssl");
+    assert!(encrypted, "the connection is not encrypted");
+    assert!(
+        version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")),
+        "{version:?}"
+    );
+    let stored = store
+        .insert_event(
+            "resnet",
+            ForgeKind::Gitlab,
+            "tls-1",
+            &push_event(&"f".repeat(40)),
+        )
+        .await
+        .expect("insert over TLS");
+    assert!(matches!(stored, Inserted::New(_)));
+    store.close().await;
+    let schema = &pg_schema.as_ref().expect("schema").1;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut admin)
+        .await
+        .expect("drop schema");
+}

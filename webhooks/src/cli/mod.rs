@@ -27,7 +27,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: webhooks, planning, and (later) executors and reporting.
+    /// Run the server: webhooks, planning, the executor, reporting to the forges, the API and the dashboard.
     Serve {
         /// The config file (default: ./ferry.yaml, else embedded defaults).
         #[arg(long)]
