@@ -6,8 +6,8 @@ use crate::ferry;
 use ferry_engine::pipeline::{self, EventKind};
 use ferry_engine::render::RunContext;
 use ferry_tests::{
-    SHA, TempDir, clip, default_params, diffs, example, examples, profile, render, schema_errors,
-    workspace_root, yaml_to_json,
+    SHA, TempDir, clip, default_params, diffs, example, examples, git, profile, render,
+    schema_errors, workspace_root, yaml_to_json,
 };
 use serde_json::Value;
 
@@ -313,6 +313,91 @@ fn render_merge_request_flags_match_the_in_process_render_in_either_spelling() {
             .unwrap_or_else(|e| panic!("{spelling}: not JSON ({e}):\n{run}"));
         assert_same(&format!("--event {spelling}"), &cli, &expected);
     }
+}
+
+/// Without `--sha`, `--repo` and `--ref`, `ferry render` reads them from the repository of the
+/// current directory (HEAD's commit, `origin`, HEAD's branch), as `git` would report them.
+#[test]
+fn render_takes_commit_origin_and_branch_from_the_current_repository() {
+    let profile = profile();
+    let ex = example("train-eval-deploy");
+    let pipeline = ex.load();
+    let repo = TempDir::new("render-defaults");
+    git(repo.path(), &["init", "-q", "-b", "feat/x"]);
+    git(
+        repo.path(),
+        &[
+            "remote",
+            "add",
+            "origin",
+            "https://gitlab.example.com/ml/r.git",
+        ],
+    );
+    let root = workspace_root();
+    let (file, profile_path) = (root.join(&ex.file), root.join(PROFILE));
+    let args = [
+        "render",
+        file.to_str().expect("utf-8"),
+        "--profile",
+        profile_path.to_str().expect("utf-8"),
+        "-o",
+        "json",
+    ];
+
+    let run = ferry(repo.path(), &args);
+    assert_eq!(
+        run.code, 2,
+        "no commit yet (an error, not a pipeline problem): {run}"
+    );
+    assert!(run.stderr.contains("pass --sha"), "{run}");
+
+    git(
+        repo.path(),
+        &["commit", "-q", "--allow-empty", "-m", "first"],
+    );
+    let sha = git(repo.path(), &["rev-parse", "HEAD"]);
+    let run = ferry(repo.path(), &args);
+    assert_eq!(run.code, 0, "{run}");
+    let cli: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"));
+    let mut ctx = cli_context(
+        &pipeline,
+        EventKind::Push,
+        "refs/heads/feat/x",
+        Some("feat/x"),
+        None,
+    );
+    ctx.sha = sha;
+    ctx.repo_url = "https://gitlab.example.com/ml/r.git".into();
+    assert_same(
+        "defaults from the repository",
+        &cli,
+        &render(&pipeline, &profile, &ctx, "defaults").manifest,
+    );
+
+    // Without an `origin` remote, `--repo` is needed; flags always win over the repository.
+    git(repo.path(), &["remote", "remove", "origin"]);
+    let run = ferry(repo.path(), &args);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("pass --repo"), "{run}");
+    let mut with_flags = args.to_vec();
+    with_flags.extend(["--repo", "https://x/y.git", "--sha", SHA, "--ref", "main"]);
+    let run = ferry(repo.path(), &with_flags);
+    assert_eq!(run.code, 0, "{run}");
+    let cli: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"));
+    let ctx = cli_context(
+        &pipeline,
+        EventKind::Push,
+        "refs/heads/main",
+        Some("main"),
+        None,
+    );
+    assert_same(
+        "flags over the repository",
+        &cli,
+        &render(&pipeline, &profile, &ctx, "flags").manifest,
+    );
 }
 
 #[test]

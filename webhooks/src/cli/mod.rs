@@ -4,6 +4,7 @@
 mod client;
 mod progress;
 mod render;
+mod repo;
 mod run;
 mod runs;
 mod token;

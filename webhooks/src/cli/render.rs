@@ -8,6 +8,8 @@ use clap::{Args, ValueEnum};
 use ferry_engine::pipeline::{self, EventKind, Pipeline};
 use ferry_engine::render::{Renderer, RunContext};
 
+use super::repo::CurrentRepo;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Event {
     Push,
@@ -118,22 +120,23 @@ pub(super) fn find_pipeline(arg: &str) -> Result<(String, String)> {
     bail!("no pipeline file `{arg}`, and no pipeline named `{arg}` under ./.ferry")
 }
 
-fn git(args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git").args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
+    // Only when a flag is missing: finding and opening the repository is not free either.
+    let repo = (args.sha.is_none() || args.repo.is_none() || args.git_ref.is_none())
+        .then(CurrentRepo::find)
+        .flatten();
     let sha = match &args.sha {
         Some(s) => s.clone(),
-        None => git(&["rev-parse", "HEAD"])
-            .ok_or_else(|| anyhow!("not in a git repository: pass --sha"))?,
+        None => repo
+            .as_ref()
+            .and_then(CurrentRepo::head_sha)
+            .ok_or_else(|| anyhow!("not in a git repository with a commit: pass --sha"))?,
     };
     let repo_url = match &args.repo {
         Some(r) => r.clone(),
-        None => git(&["remote", "get-url", "origin"])
+        None => repo
+            .as_ref()
+            .and_then(CurrentRepo::origin_url)
             .ok_or_else(|| anyhow!("no `origin` remote: pass --repo"))?,
     };
     let event = match args.event {
@@ -145,7 +148,7 @@ fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
     let given = args
         .git_ref
         .clone()
-        .or_else(|| git(&["symbolic-ref", "-q", "HEAD"]))
+        .or_else(|| repo.as_ref().and_then(CurrentRepo::head_ref))
         .unwrap_or_else(|| "refs/heads/main".into());
     let (git_ref, branch, tag) = split_ref(&given, event);
     let overrides = parse_params(&args.params)?;

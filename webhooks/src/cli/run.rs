@@ -24,6 +24,7 @@ use ferry_engine::store::{RunId, StepState};
 use tokio::sync::mpsc;
 
 use super::progress::Progress;
+use super::repo::CurrentRepo;
 
 /// Arguments of `ferry run`.
 #[derive(Debug, Args)]
@@ -69,19 +70,29 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         )
     })?;
     let root = source_root(Path::new(&file))?;
+    let repo = CurrentRepo::find();
     let data_dir = match args.data_dir {
         Some(d) => d,
-        None => git(&["rev-parse", "--absolute-git-dir"])
-            .map(|g| PathBuf::from(g).join("ferry"))
+        None => repo
+            .as_ref()
+            .map(|r| r.git_dir().join("ferry"))
             .unwrap_or_else(|| std::env::temp_dir().join("ferry-run")),
     };
     let run_id = next_run_id(&data_dir.join("runs"))?;
-    let sha = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "0".repeat(40));
-    let git_ref = git(&["symbolic-ref", "-q", "HEAD"]).unwrap_or_else(|| "HEAD".into());
+    let sha = repo
+        .as_ref()
+        .and_then(CurrentRepo::head_sha)
+        .unwrap_or_else(|| "0".repeat(40));
+    let git_ref = repo
+        .as_ref()
+        .and_then(CurrentRepo::head_ref)
+        .unwrap_or_else(|| "HEAD".into());
     let context = RunContext {
         run_id: u64::try_from(run_id.get()).unwrap_or_default(),
         project: "local".into(),
-        repo_url: git(&["remote", "get-url", "origin"])
+        repo_url: repo
+            .as_ref()
+            .and_then(CurrentRepo::origin_url)
             .unwrap_or_else(|| format!("file://{}", root.display())),
         sha,
         branch: git_ref.strip_prefix("refs/heads/").map(str::to_owned),
@@ -266,12 +277,4 @@ fn next_run_id(runs: &Path) -> Result<RunId> {
             }
         }
     }
-}
-
-fn git(args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git").args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
 }
