@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use ferry_engine::pipeline::{self, EventKind, Pipeline};
 use ferry_engine::render::{Renderer, RunContext};
 
-use super::repo::CurrentRepo;
+use super::repo;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Event {
@@ -121,23 +121,16 @@ pub(super) fn find_pipeline(arg: &str) -> Result<(String, String)> {
 }
 
 fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
-    // Only when a flag is missing: finding and opening the repository is not free either.
-    let repo = (args.sha.is_none() || args.repo.is_none() || args.git_ref.is_none())
-        .then(CurrentRepo::find)
-        .flatten();
+    let (head_sha, head_ref) = repo::head(args.sha.is_none(), args.git_ref.is_none());
     let sha = match &args.sha {
         Some(s) => s.clone(),
-        None => repo
-            .as_ref()
-            .and_then(CurrentRepo::head_sha)
-            .ok_or_else(|| anyhow!("not in a git repository with a commit: pass --sha"))?,
+        None => {
+            head_sha.ok_or_else(|| anyhow!("not in a git repository with a commit: pass --sha"))?
+        }
     };
     let repo_url = match &args.repo {
         Some(r) => r.clone(),
-        None => repo
-            .as_ref()
-            .and_then(CurrentRepo::origin_url)
-            .ok_or_else(|| anyhow!("no `origin` remote: pass --repo"))?,
+        None => repo::origin_url().ok_or_else(|| anyhow!("no `origin` remote: pass --repo"))?,
     };
     let event = match args.event {
         Event::Push => EventKind::Push,
@@ -148,7 +141,7 @@ fn context(args: &RenderArgs, pipeline: &Pipeline) -> Result<RunContext> {
     let given = args
         .git_ref
         .clone()
-        .or_else(|| repo.as_ref().and_then(CurrentRepo::head_ref))
+        .or(head_ref)
         .unwrap_or_else(|| "refs/heads/main".into());
     let (git_ref, branch, tag) = split_ref(&given, event);
     let overrides = parse_params(&args.params)?;

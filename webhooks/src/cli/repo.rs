@@ -1,51 +1,56 @@
-//! The git repository of the current directory, as `ferry render` and `ferry run` read it for
-//! their defaults (HEAD's commit and ref, the `origin` URL, the git directory).
+//! What `ferry render` and `ferry run` read from the git repository of the current directory for
+//! their defaults: HEAD's commit and branch, the `origin` URL, the git directory.
 //!
-//! Read in process with libgit2 (already linked for the server's mirrors) rather than by running
-//! `git`: each `git` process cost a `ferry render` without `--sha`/`--ref` about 2 ms, so the
-//! command took 9 ms instead of 4, and it needed `git` on `PATH`. The repository is found as
-//! `git` finds it (`GIT_DIR`, `GIT_CEILING_DIRECTORIES`, then upwards from the current
-//! directory), and each answer matches the `git` command named on its method.
+//! Asked of `git` itself, so that every answer is what `git` would say (`GIT_DIR`, worktrees,
+//! `url.<base>.insteadOf`, `safe.directory`). Each `git` process costs about 2 ms, a third of a
+//! `ferry render`, so the commit and the branch come from one `git rev-parse`. libgit2, already
+//! linked for the server, was measured and rejected here: its first use initialises OpenSSL,
+//! which took 35 ms, eight times the whole render.
 
 use std::path::PathBuf;
+use std::process::Command;
 
-use git2::Repository;
+/// Runs `git ARGS` in the current directory; its trimmed standard output when it succeeds.
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
 
-/// The repository of the current directory, if there is one.
-pub(super) struct CurrentRepo(Repository);
+/// A full ref from `git rev-parse --symbolic-full-name HEAD`, which says `HEAD` when detached.
+fn branch_ref(name: &str) -> Option<String> {
+    (name != "HEAD" && name.starts_with("refs/")).then(|| name.to_owned())
+}
 
-impl CurrentRepo {
-    /// Finds the repository as `git` does; `None` outside one.
-    pub(super) fn find() -> Option<CurrentRepo> {
-        Repository::open_from_env().ok().map(CurrentRepo)
+/// HEAD's commit and the ref HEAD points at, each only if asked for: `(sha, ref)`. The ref is
+/// `None` when HEAD is detached; the commit is `None` before the first commit (or outside a
+/// repository).
+pub(super) fn head(want_sha: bool, want_ref: bool) -> (Option<String>, Option<String>) {
+    match (want_sha, want_ref) {
+        (true, true) => match git(&["rev-parse", "HEAD", "--symbolic-full-name", "HEAD"]) {
+            Some(out) => {
+                let mut lines = out.lines();
+                let sha = lines.next().map(str::to_owned);
+                let name = lines.next().and_then(branch_ref);
+                (sha, name)
+            }
+            // No commit yet: `rev-parse` fails as a whole, but HEAD still names a branch.
+            None => (None, head(false, true).1),
+        },
+        (true, false) => (git(&["rev-parse", "HEAD"]), None),
+        (false, true) => (None, git(&["symbolic-ref", "-q", "HEAD"])),
+        (false, false) => (None, None),
     }
+}
 
-    /// `git rev-parse HEAD`: HEAD's commit; `None` before the first commit.
-    pub(super) fn head_sha(&self) -> Option<String> {
-        let commit = self.0.head().ok()?.peel_to_commit().ok()?;
-        Some(commit.id().to_string())
-    }
+/// `git remote get-url origin` (with `url.<base>.insteadOf` applied).
+pub(super) fn origin_url() -> Option<String> {
+    git(&["remote", "get-url", "origin"])
+}
 
-    /// `git symbolic-ref -q HEAD`: the ref HEAD points at (`refs/heads/main`); `None` when
-    /// HEAD is detached.
-    pub(super) fn head_ref(&self) -> Option<String> {
-        let head = self.0.find_reference("HEAD").ok()?;
-        head.symbolic_target().ok().flatten().map(str::to_owned)
-    }
-
-    /// `git remote get-url origin` (with `url.<base>.insteadOf` applied).
-    pub(super) fn origin_url(&self) -> Option<String> {
-        let remote = self.0.find_remote("origin").ok()?;
-        remote
-            .url()
-            .ok()
-            .filter(|url| !url.is_empty())
-            .map(str::to_owned)
-    }
-
-    /// `git rev-parse --absolute-git-dir`: the git directory (a linked worktree's own).
-    pub(super) fn git_dir(&self) -> PathBuf {
-        let dir = self.0.path();
-        std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
-    }
+/// `git rev-parse --absolute-git-dir`: the git directory (a linked worktree's own).
+pub(super) fn git_dir() -> Option<PathBuf> {
+    git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from)
 }

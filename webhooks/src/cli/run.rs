@@ -24,7 +24,7 @@ use ferry_engine::store::{RunId, StepState};
 use tokio::sync::mpsc;
 
 use super::progress::Progress;
-use super::repo::CurrentRepo;
+use super::repo;
 
 /// Arguments of `ferry run`.
 #[derive(Debug, Args)]
@@ -70,30 +70,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         )
     })?;
     let root = source_root(Path::new(&file))?;
-    let repo = CurrentRepo::find();
     let data_dir = match args.data_dir {
         Some(d) => d,
-        None => repo
-            .as_ref()
-            .map(|r| r.git_dir().join("ferry"))
+        None => repo::git_dir()
+            .map(|g| g.join("ferry"))
             .unwrap_or_else(|| std::env::temp_dir().join("ferry-run")),
     };
     let run_id = next_run_id(&data_dir.join("runs"))?;
-    let sha = repo
-        .as_ref()
-        .and_then(CurrentRepo::head_sha)
-        .unwrap_or_else(|| "0".repeat(40));
-    let git_ref = repo
-        .as_ref()
-        .and_then(CurrentRepo::head_ref)
-        .unwrap_or_else(|| "HEAD".into());
+    let (sha, git_ref) = repo::head(true, true);
+    let sha = sha.unwrap_or_else(|| "0".repeat(40));
+    let git_ref = git_ref.unwrap_or_else(|| "HEAD".into());
     let context = RunContext {
         run_id: u64::try_from(run_id.get()).unwrap_or_default(),
         project: "local".into(),
-        repo_url: repo
-            .as_ref()
-            .and_then(CurrentRepo::origin_url)
-            .unwrap_or_else(|| format!("file://{}", root.display())),
+        repo_url: repo::origin_url().unwrap_or_else(|| format!("file://{}", root.display())),
         sha,
         branch: git_ref.strip_prefix("refs/heads/").map(str::to_owned),
         tag: None,
