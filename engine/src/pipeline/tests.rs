@@ -380,3 +380,65 @@ fn schema_has_every_top_level_field() {
     }
     assert_eq!(schema["additionalProperties"], serde_json::json!(false));
 }
+
+#[test]
+fn every_structural_problem_is_reported_at_once() {
+    let text = "version: 1
+name: demo
+on:
+  push:
+    branchs: [main]
+concurrency: { group: merge_requests }
+steps:
+  - name: train
+    kind: trainn
+    image: img:1
+    run: python train.py
+    needs: prepare
+    resources:
+      gpu: { type: A100-80G, count: 2 }
+      memroy: 10Gi
+      cpu: [4]
+  - name: evaluate
+    run: python eval.py
+";
+    assert_eq!(
+        problems(text),
+        vec![
+            "p.yaml:5:5: on.push.branchs: unknown field `branchs`, expected one of `branches`, `paths`, `paths_ignore`, `tags`; did you mean `branches`?",
+            "p.yaml:6:23: concurrency.group: unknown variant `merge_requests`, expected one of `merge_request`, `branch`, `pipeline`, `none`; did you mean `merge_request`?",
+            "p.yaml:9:11: steps[0].kind: unknown variant `trainn`, expected one of `train`, `evaluate`, `deploy`, `task`; did you mean `train`?",
+            "p.yaml:12:12: steps[0].needs: expected a list, found `prepare`",
+            "p.yaml:14:12: steps[0].resources.gpu: expected an integer, found a mapping",
+            "p.yaml:15:7: steps[0].resources.memroy: unknown field `memroy`, expected one of `cpu`, `gpu`, `gpu_cores`, `gpu_memory`, `gpu_type`, `memory`, `scratch`, `shm`; did you mean `memory`?",
+            "p.yaml:16:12: steps[0].resources.cpu: expected a single value (a string, a number or true/false), found a list",
+            "p.yaml:17:5: steps[1]: missing field `kind`",
+        ]
+    );
+}
+
+#[test]
+fn a_single_structural_problem_keeps_the_parsers_message() {
+    // A scalar of the wrong type is the typed parse's to judge; the walk adds nothing.
+    let text = OK.replace("    run: echo hi", "    run: echo hi\n    retries: -1");
+    let p = one(&text);
+    assert!(p.starts_with("p.yaml:9:14: steps[0].retries: "), "{p}");
+    // A syntax error is the only problem of its file.
+    let p = one("version: 1\nname: [demo\n");
+    assert!(p.starts_with("p.yaml:"), "{p}");
+}
+
+#[test]
+fn the_structural_walk_accepts_every_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let schema = json_schema();
+    let mut files = read_dir(&root.join("examples/pipelines")).expect("examples");
+    files.extend(read_dir(&root.join("examples/demo")).expect("demo"));
+    files.extend(read_dir(&root.join(".ferry")).unwrap_or_default());
+    assert!(files.len() > 8, "{}", files.len());
+    for (file, bytes) in files {
+        let text = std::str::from_utf8(&bytes).expect("utf-8");
+        let doc: serde_json::Value = crate::yaml::parse(&file, text).expect("yaml");
+        assert_eq!(structure::problems(&doc, &schema), vec![], "{file}");
+    }
+}
