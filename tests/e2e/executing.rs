@@ -381,6 +381,17 @@ fn ferry_run_succeeds_fails_and_refuses_undeclared_params() {
         "{run}"
     );
     assert!(run.stdout.contains("run 2 failed"), "{run}");
+    // The end of the failed step's log is printed before the verdict.
+    let tail = run
+        .stdout
+        .split_once("--- the end of `boom`'s log ---\n")
+        .map(|(_, t)| t);
+    assert!(
+        tail.is_some_and(|t| t.starts_with(
+            "--- ferry: step `boom`, attempt 1 of 1 ---\nabout to fail\nferry: attempt 1 failed: exited with code 3\n---\nrun 2 failed"
+        )),
+        "{run}"
+    );
 
     let run = crate::ferry(repo.path(), &["run", "ok", "--param", "nope=1"]);
     assert_ne!(run.code, 0, "{run}");

@@ -162,7 +162,13 @@ async fn a_push_plans_exactly_the_pipelines_it_triggers() {
     let problems = &page.runs[0].problems;
     assert_eq!(problems.len(), 1);
     assert!(problems[0].to_string().starts_with(".ferry/broken.yaml:4:36: steps[0].resorces: unknown field `resorces`, expected one of `env`, `environment`, `if`, `image`"), "{}", problems[0]);
-    assert!(problems[0].to_string().ends_with("did you mean `resources`?"), "{}", problems[0]);
+    assert!(
+        problems[0]
+            .to_string()
+            .ends_with("did you mean `resources`?"),
+        "{}",
+        problems[0]
+    );
     let train = w
         .store
         .list_runs(

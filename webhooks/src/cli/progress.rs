@@ -66,6 +66,14 @@ impl Progress {
         self.message.as_deref()
     }
 
+    /// The first step (in pipeline order) that failed, if any.
+    pub fn first_failed(&self) -> Option<&str> {
+        self.rows
+            .iter()
+            .find(|r| r.state == StepState::Failed)
+            .map(|r| r.name.as_str())
+    }
+
     /// Applies an observation at `now`; returns one line per step whose state or attempt changed
     /// (for output that is not a terminal).
     pub fn observe(&mut self, obs: &Observation, now: Instant) -> Vec<String> {

@@ -16,10 +16,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use ferry_engine::executor::local::{LocalExecutor, LocalSettings};
 use ferry_engine::executor::{
-    CancelMode, Executor, Job, Observation, Phase, Source, StepObservation, SubmitError,
+    CancelMode, Executor, Job, LogRequest, Observation, Phase, Source, StepObservation, SubmitError,
 };
 use ferry_engine::pipeline::{self, EventKind};
 use ferry_engine::render::{RunContext, decide_skips};
+use ferry_engine::service::summary::redact;
 use ferry_engine::store::{RunId, StepState};
 use tokio::sync::mpsc;
 
@@ -201,12 +202,41 @@ async fn follow(
     if let (Some(m), false) = (progress.message(), phase == Phase::Succeeded) {
         summary.push_str(&format!(": {m}"));
     }
+    if let Some(step) = progress.first_failed() {
+        print_tail(&executor, &job, step).await;
+    }
     println!("{summary}\nlogs: {}", logs.display());
     Ok(if phase == Phase::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// How much of a failed step's log `ferry run` prints (as much as a merge request's summary shows).
+const TAIL_LINES: u32 = 30;
+const TAIL_BYTES: usize = 8 * 1024;
+
+/// Prints the end of a failed step's log (its latest attempt), secrets redacted as in the merge
+/// request summary, so that the reason is on screen without opening the log file.
+async fn print_tail(executor: &LocalExecutor, job: &Job, step: &str) {
+    let request = LogRequest {
+        run: job.run_id,
+        namespace: None,
+        pipeline: &job.pipeline,
+        step,
+        lines: TAIL_LINES,
+        bytes: TAIL_BYTES,
+    };
+    match executor.log_tail(request).await {
+        Ok(Some(log)) if !log.text.trim().is_empty() => {
+            println!("--- the end of `{step}`'s log ---");
+            println!("{}", redact(&log.text, &log.secrets));
+            println!("---");
+        }
+        Ok(_) => println!("`{step}` wrote nothing to its log"),
+        Err(e) => eprintln!("cannot read `{step}`'s log: {e}"),
+    }
 }
 
 /// Where progress goes: redrawn in place on a terminal, one line per change otherwise.
