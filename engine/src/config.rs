@@ -16,7 +16,7 @@ use crate::profile::Profile;
 use crate::yaml;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP server listens on.
@@ -93,7 +93,7 @@ impl Default for Config {
 }
 
 /// Executors.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     /// Local processes (the embedded default).
@@ -104,7 +104,7 @@ pub enum ExecutorKind {
 }
 
 /// `local:`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// GPUs the local executor may hand out (default: detected).
@@ -113,7 +113,7 @@ pub struct LocalConfig {
 }
 
 /// `argo:`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArgoConfig {
     /// Argo UI base URL, for links.
@@ -132,7 +132,7 @@ pub struct ArgoConfig {
 
 /// `replicas:`: how replicas sharing one PostgreSQL database divide the work (`store::claims`).
 /// Ignored on SQLite (one process).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicasConfig {
     /// How long a replica's claim on a project, a queued run or a run's report lasts without
@@ -186,7 +186,7 @@ impl ReplicasConfig {
 }
 
 /// `report:`: how runs are reported on the forge (`service::report`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
     /// How long a run may be queued (or submitted and not yet running) before the forge is told
@@ -209,7 +209,7 @@ impl Default for ReportConfig {
 }
 
 /// Which forge a project is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProjectForge {
     /// GitLab.
@@ -232,7 +232,7 @@ impl ProjectForge {
 }
 
 /// One repository.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
     /// Project name (labels, URLs, the store).
@@ -316,7 +316,7 @@ pub fn redact_url(url: &str) -> String {
 impl Config {
     /// Parses and checks a config file.
     pub fn from_yaml(file: &str, text: &str) -> Result<Config, Problems> {
-        let config: Config = yaml::parse(file, text).map_err(|p| Problems(vec![p]))?;
+        let config: Config = yaml::parse_all(file, text)?;
         let problems = config.check();
         if problems.is_empty() {
             return Ok(config);
@@ -480,6 +480,41 @@ mod tests {
             .expect_err("typo")
             .to_string();
         assert!(typo.contains("did you mean `listen`?"), "{typo}");
+    }
+
+    #[test]
+    fn every_shape_problem_of_a_config_is_reported_at_once() {
+        let text = "listn: 127.0.0.1:9000
+executor: locl
+replicas: { lease_seconds: [30] }
+projects:
+  - { name: a, repo: x, forge: gitlab, webhook_secret: S }
+";
+        let err = Config::from_yaml("ferry.yaml", text)
+            .expect_err("invalid")
+            .to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "ferry.yaml:1:1: listn: unknown field `listn`, expected one of `argo`, `dashboard_public`, `data_dir`, `database_url`, `executor`, `listen`, `local`, `profile`, `profile_file`, `projects`, `public_url`, `replicas`, `report`; did you mean `listen`?",
+                "ferry.yaml:2:11: executor: unknown variant `locl`, expected one of `local`, `argo`; did you mean `local`?",
+                "ferry.yaml:3:28: replicas.lease_seconds: expected an integer, found a list",
+                "ferry.yaml:5:40: projects[0].webhook_secret: unknown field `webhook_secret`, expected one of `default_branch`, `forge`, `forge_url`, `github_app_id_env`, `github_app_key_env`, `max_concurrent_runs`, `max_gpus`, `name`, `namespace`, `repo`, `token_env`, `webhook_secret_env`; did you mean `webhook_secret_env`?",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_shape_walk_accepts_the_documented_config() {
+        let admin = include_str!("../../docs/ADMIN.md");
+        let start = admin.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let block = &admin[start..start + admin[start..].find("```").expect("its end")];
+        assert!(block.contains("projects:"), "{block}");
+        let doc: serde_json::Value = yaml::parse("ferry.yaml", block).expect("yaml");
+        let schema = schemars::schema_for!(Config).to_value();
+        assert_eq!(yaml::structure::problems(&doc, &schema), vec![]);
     }
 
     #[test]

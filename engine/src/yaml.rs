@@ -13,6 +13,8 @@ use serde_saphyr::granit_parser::{Event, Parser};
 
 use crate::problem::{Problem, Problems, did_you_mean};
 
+pub(crate) mod structure;
+
 /// Largest pipeline or profile file ferry reads.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// Deepest nesting of mappings and sequences accepted.
@@ -40,6 +42,34 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Problem> 
         });
     }
     serde_saphyr::from_str_with_options(text, options()).map_err(|e| to_problem(file, text, &e))
+}
+
+/// [`parse`], and when it fails, every structural problem of the file rather than only the first
+/// one serde met: the file is walked again against `T`'s JSON Schema ([`structure`]). A problem
+/// the walk finds at the same field replaces the parser's (the walk's messages are the more
+/// specific ones); a file that cannot be read as YAML at all, or breaks the limits, keeps only
+/// the parser's problem.
+pub fn parse_all<T: DeserializeOwned + schemars::JsonSchema>(
+    file: &str,
+    text: &str,
+) -> Result<T, Problems> {
+    let first = match parse(file, text) {
+        Ok(value) => return Ok(value),
+        Err(first) => first,
+    };
+    let Ok(doc) = parse::<serde_json::Value>(file, text) else {
+        return Err(Problems(vec![first]));
+    };
+    let found = structure::problems(&doc, &schemars::schema_for!(T).to_value());
+    if found.is_empty() {
+        return Err(Problems(vec![first]));
+    }
+    let Problems(mut problems) = locate(file, text, found);
+    if !problems.iter().any(|p| p.path == first.path) {
+        problems.push(first);
+        problems.sort_by_key(|p| (p.line, p.column));
+    }
+    Err(Problems(problems))
 }
 
 fn options() -> serde_saphyr::Options {

@@ -136,6 +136,37 @@ fn schema_accepts_every_example_and_rejects_a_misspelt_key() {
     );
 }
 
+#[test]
+fn schemas_of_the_profile_and_the_config_accept_the_documented_files_and_reject_typos() {
+    let root = workspace_root();
+    let admin = std::fs::read_to_string(root.join("docs/ADMIN.md")).expect("ADMIN.md");
+    let start = admin.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let config = &admin[start..start + admin[start..].find("```").expect("its end")];
+    let profile = std::fs::read_to_string(root.join("examples/profile.yaml")).expect("profile");
+    for (kind, text, typo, misspelt) in [
+        ("config", config, "listen:", "listn:"),
+        ("profile", profile.as_str(), "max_nodes:", "max_node:"),
+    ] {
+        let run = ferry(&root, &["schema", kind]);
+        assert_eq!(run.code, 0, "{run}");
+        let schema: Value =
+            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"));
+        let validator = jsonschema::validator_for(&schema)
+            .unwrap_or_else(|e| panic!("{kind}: not a usable JSON Schema: {e}"));
+        let errors = schema_errors(&validator, &yaml_to_json(kind, text));
+        assert!(errors.is_empty(), "{kind}: {errors:?}");
+        assert!(text.contains(typo), "{kind}: {typo}");
+        let broken = yaml_to_json(kind, &text.replacen(typo, misspelt, 1));
+        let errors = schema_errors(&validator, &broken);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(misspelt.trim_end_matches(':'))),
+            "{kind}: `ferry schema {kind}` accepts `{misspelt}`: {errors:?}"
+        );
+    }
+}
+
 /// The context `ferry render` builds from `--sha SHA --repo URL` and the given ref/event.
 fn cli_context(
     pipeline: &pipeline::Pipeline,

@@ -8,7 +8,6 @@ pub mod expr;
 pub mod glob;
 mod model;
 pub mod spec;
-mod structure;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -25,34 +24,12 @@ use crate::yaml;
 ///
 /// Without a profile, checks that need one (GPU types, queues, limits, ...) are skipped.
 pub fn load(file: &str, text: &str, profile: Option<&Profile>) -> Result<Pipeline, Problems> {
-    let spec: spec::PipelineSpec =
-        yaml::parse(file, text).map_err(|first| structural_problems(file, text, first))?;
+    let spec: spec::PipelineSpec = yaml::parse_all(file, text)?;
     let validated = validate::validate(file, spec, profile).map(|mut p| {
         p.fingerprint = crate::render::fingerprint(&format!("{file}\n{text}"));
         p
     });
     validated.map_err(|raw| yaml::locate(file, text, raw))
-}
-
-/// Every structural problem of a file whose typed parse failed with `first`: the typed parse
-/// stops at its first problem, so the file is walked again against the schema for the rest
-/// (`structure`). A problem the walk finds at the same field replaces `first` (the walk's
-/// messages are the more specific ones); a file that cannot be read as YAML at all, or breaks
-/// the limits, keeps only `first`.
-fn structural_problems(file: &str, text: &str, first: Problem) -> Problems {
-    let Ok(doc) = yaml::parse::<serde_json::Value>(file, text) else {
-        return Problems(vec![first]);
-    };
-    let found = structure::problems(&doc, &json_schema());
-    if found.is_empty() {
-        return Problems(vec![first]);
-    }
-    let Problems(mut problems) = yaml::locate(file, text, found);
-    if !problems.iter().any(|p| p.path == first.path) {
-        problems.push(first);
-        problems.sort_by_key(|p| (p.line, p.column));
-    }
-    Problems(problems)
 }
 
 /// Pipelines read from a set of files, and the problems of those that failed.

@@ -439,6 +439,10 @@ fn the_structural_walk_accepts_every_example() {
     for (file, bytes) in files {
         let text = std::str::from_utf8(&bytes).expect("utf-8");
         let doc: serde_json::Value = crate::yaml::parse(&file, text).expect("yaml");
-        assert_eq!(structure::problems(&doc, &schema), vec![], "{file}");
+        assert_eq!(
+            crate::yaml::structure::problems(&doc, &schema),
+            vec![],
+            "{file}"
+        );
     }
 }

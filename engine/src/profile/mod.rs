@@ -16,7 +16,7 @@ use crate::yaml;
 pub const DEFAULT_GIT_IMAGE: &str = "alpine/git:2.47.2";
 
 /// A validated cluster profile.
-#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// GPU types by name.
@@ -67,7 +67,7 @@ pub struct Profile {
 }
 
 /// One GPU type.
-#[derive(Debug, Clone, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuType {
     /// Extended resource name, such as `nvidia.com/gpu`.
@@ -84,7 +84,7 @@ pub struct GpuType {
 }
 
 /// vGPU flavours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Vgpu {
     /// HAMi: `nvidia.com/gpumem` (MiB) and `nvidia.com/gpucores` (percent).
@@ -92,7 +92,7 @@ pub enum Vgpu {
 }
 
 /// A Kubernetes toleration, as Kubernetes spells it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Toleration {
     /// Taint key.
@@ -113,7 +113,7 @@ pub struct Toleration {
 }
 
 /// Toleration operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 pub enum TolerationOperator {
     /// Any value.
     Exists,
@@ -122,7 +122,7 @@ pub enum TolerationOperator {
 }
 
 /// Taint effects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 pub enum TaintEffect {
     /// Do not schedule.
     NoSchedule,
@@ -133,7 +133,7 @@ pub enum TaintEffect {
 }
 
 /// A node group.
-#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeGroup {
     /// Node labels.
@@ -145,7 +145,7 @@ pub struct NodeGroup {
 }
 
 /// A volume preset.
-#[derive(Debug, Clone, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumePreset {
     /// PersistentVolumeClaim name.
@@ -158,7 +158,7 @@ pub struct VolumePreset {
 }
 
 /// Limits.
-#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Most GPUs one step may ask for per node.
@@ -173,7 +173,9 @@ pub struct Limits {
 }
 
 /// Distributed training back-ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Distributed {
     /// Kubeflow training-operator `PyTorchJob`.
@@ -184,7 +186,7 @@ pub enum Distributed {
 }
 
 /// Profile-wide defaults.
-#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileDefaults {
     /// Default queue.
@@ -201,7 +203,7 @@ pub struct ProfileDefaults {
 impl Profile {
     /// Parses and checks a profile file.
     pub fn from_yaml(file: &str, text: &str) -> Result<Profile, Problems> {
-        let profile: Profile = yaml::parse(file, text).map_err(|p| Problems(vec![p]))?;
+        let profile: Profile = yaml::parse_all(file, text)?;
         let problems = profile.check();
         if problems.is_empty() {
             return Ok(profile);
@@ -258,5 +260,44 @@ impl Profile {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_problem_of_a_profile_is_reported_at_once() {
+        let text = "gpu_types:
+  A100: { resource: nvidia.com/gpu, vgpu: hammi }
+  H100: { resorce: nvidia.com/gpu }
+queues: team-a
+limits: { max_gpus: 8 }
+";
+        let err = Profile::from_yaml("profile.yaml", text)
+            .expect_err("invalid")
+            .to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "profile.yaml:2:43: gpu_types.A100.vgpu: unknown variant `hammi`, expected one of `hami`; did you mean `hami`?",
+                "profile.yaml:3:9: gpu_types.H100: missing field `resource`",
+                "profile.yaml:3:11: gpu_types.H100.resorce: unknown field `resorce`, expected one of `node_selector`, `resource`, `tolerations`, `vgpu`; did you mean `resource`?",
+                "profile.yaml:4:9: queues: expected a list, found `team-a`",
+                "profile.yaml:5:11: limits.max_gpus: unknown field `max_gpus`, expected one of `max_gpus_per_step`, `max_nodes`, `max_timeout`",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_shape_walk_accepts_the_example_profile() {
+        let text = include_str!("../../../examples/profile.yaml");
+        Profile::from_yaml("profile.yaml", text).expect("valid");
+        let doc: serde_json::Value = yaml::parse("profile.yaml", text).expect("yaml");
+        let schema = schemars::schema_for!(Profile).to_value();
+        assert_eq!(yaml::structure::problems(&doc, &schema), vec![]);
     }
 }

@@ -53,8 +53,13 @@ enum Command {
     /// Run a pipeline from the working tree with the local executor, with live progress.
     Run(run::RunArgs),
 
-    /// Print the JSON Schema of pipeline files (for yaml-language-server and other editors).
-    Schema,
+    /// Print a JSON Schema (for yaml-language-server and other editors): of pipeline files, or
+    /// of the cluster profile or `ferry.yaml`.
+    Schema {
+        /// Which file's schema.
+        #[arg(value_enum, default_value_t = SchemaKind::Pipeline)]
+        kind: SchemaKind,
+    },
 
     /// Manage the HTTP API's bearer tokens (on the server's database).
     #[command(subcommand)]
@@ -64,6 +69,17 @@ enum Command {
     Runs(runs::RunsCommand),
     /// Run a pipeline on a ferry server (FERRY_SERVER, FERRY_TOKEN).
     Trigger(runs::TriggerArgs),
+}
+
+/// The files `ferry schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SchemaKind {
+    /// `.ferry/*.yaml`.
+    Pipeline,
+    /// The cluster profile (`profile_file`, or `profile` inline in `ferry.yaml`).
+    Profile,
+    /// `ferry.yaml`.
+    Config,
 }
 
 /// Log output formats.
@@ -90,11 +106,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Render(args) => render::render(args),
         Command::Run(args) => run::run(args),
 
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&pipeline::json_schema())?
-            );
+        Command::Schema { kind } => {
+            let schema = match kind {
+                SchemaKind::Pipeline => pipeline::json_schema(),
+                SchemaKind::Profile => schemars::schema_for!(Profile).to_value(),
+                SchemaKind::Config => {
+                    schemars::schema_for!(ferry_engine::config::Config).to_value()
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(command) => token::token(command),

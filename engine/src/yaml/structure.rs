@@ -1,12 +1,12 @@
-//! Every structural problem of a pipeline file at once.
+//! Every structural problem of a file at once (pipeline files, the cluster profile, `ferry.yaml`).
 //!
 //! The typed parse (serde) stops at its first problem, so a file with three misspelt keys would
 //! take three rounds of "fix, push, read the next error". When that parse fails, the file is read
-//! again as a plain tree and walked against the pipeline's JSON Schema (the one `ferry schema`
-//! prints, derived from the same spec types), collecting every unknown field (with "did you
-//! mean"), every missing required field, every value outside its fixed set (`kind`, `group`, ...)
-//! and every value of the wrong shape (a mapping where a number belongs, a scalar where a list
-//! belongs).
+//! again as a plain tree and walked against the JSON Schema of the type it was read into (the one
+//! `ferry schema` prints, derived from the same types), collecting every unknown field (with "did
+//! you mean"), every missing required field, every value outside its fixed set (`kind`, `group`,
+//! ...) and every value of the wrong shape (a mapping where a number belongs, a scalar where a
+//! list belongs).
 //!
 //! Scalars are not type-checked here: the typed parse decides what a scalar may be (`cpu: 16`
 //! and `cpu: "16"` are both fine), and its message for a bad one is kept. The walk only reports
@@ -19,7 +19,7 @@ use crate::problem::did_you_mean;
 
 /// `(field path, message)` for every structural problem of `doc` against `schema`. A path
 /// ending in `@key` names a field that is wrong as a name (see [`crate::yaml::locate`]).
-pub(super) fn problems(doc: &Value, schema: &Value) -> Vec<(String, String)> {
+pub(crate) fn problems(doc: &Value, schema: &Value) -> Vec<(String, String)> {
     let mut walker = Walker {
         defs: schema.get("$defs").and_then(Value::as_object),
         out: Vec::new(),
