@@ -120,6 +120,8 @@ async fn metrics_count_deliveries_runs_submissions_forge_calls_and_errors() {
     assert_eq!(value(r#"ferry_runs{state="succeeded"}"#), 1.0);
     assert_eq!(value("ferry_outbox_depth{}"), 0.0);
     assert_eq!(value("ferry_events_pending{}"), 0.0);
+    assert_eq!(value("ferry_events_retrying{}"), 0.0);
+    assert_eq!(value("ferry_events_failed{}"), 0.0);
     // Submissions and their latency; the executor's failed submission.
     assert_eq!(
         value(r#"ferry_submissions_total{executor="argo",outcome="unavailable"}"#),

@@ -9,8 +9,9 @@ use ferry_engine::config::Config;
 use ferry_engine::event::ForgeKind;
 use ferry_engine::profile::Profile;
 use ferry_engine::service::intake::{self, Outcome, Secret, Secrets};
-use ferry_engine::service::planner::Planner;
-use ferry_engine::store::{Page, RunFilter, RunState, Store};
+use ferry_engine::service::mirror::MirrorError;
+use ferry_engine::service::planner::{PlanError, Planner};
+use ferry_engine::store::{EventState, Failure, Page, RunFilter, RunState, Store};
 use ferry_tests::TempDir;
 use serde_json::json;
 
@@ -284,6 +285,46 @@ async fn fetch_failures_are_retried_not_dropped() {
         "{:?}",
         stored.last_error
     );
+}
+
+#[tokio::test]
+async fn a_push_made_while_the_repository_is_unreachable_is_planned_once_it_is_back() {
+    let w = world().await;
+    let up = w.upstream.path().to_path_buf();
+    write(&up, ".ferry/ci/lint.yml", LINT);
+    let sha = commit(&up, "during the outage");
+    // The forge is down: the repository cannot be fetched.
+    let away = up.with_extension("away");
+    std::fs::rename(&up, &away).expect("take the repository away");
+    w.push("o1", "main", ZERO, &sha, "during the outage").await;
+    assert_eq!(w.planner.plan_pending().await.expect("pass"), 0);
+    let stored = w
+        .store
+        .event_by_key("gitlab:o1")
+        .await
+        .expect("query")
+        .expect("kept");
+    assert_eq!((stored.state, stored.attempts), (EventState::Pending, 1));
+    let error = stored.last_error.unwrap_or_default();
+    assert!(error.contains("fetching `demo`"), "{error}");
+    // A fetch failure is an outage, however long it lasts: it never counts towards giving up.
+    let failure = PlanError::Git(MirrorError::Fetch {
+        project: "demo".into(),
+        url: "https://gitlab.example.com/ml/resnet.git".into(),
+        message: "connection refused".into(),
+    })
+    .failure();
+    assert_eq!(failure, Failure::Transient);
+    let stats = w.store.stats().await.expect("stats");
+    assert_eq!((stats.events_retrying, stats.events_failed), (1, 0));
+
+    // The forge is back; after the first back-off (1 s) the push is planned.
+    std::fs::rename(&away, &up).expect("bring it back");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(w.planner.plan_pending().await.expect("pass"), 1);
+    assert_eq!(w.runs_at(&sha).await.len(), 1, "the push's run exists");
+    let stats = w.store.stats().await.expect("stats");
+    assert_eq!((stats.events_retrying, stats.events_failed), (0, 0));
 }
 
 /// Sends one HTTP/1.1 request and returns the status code.

@@ -4,8 +4,10 @@
 //! project's bare mirror, reads `.ferry/` at that commit, validates it against the profile,
 //! computes the changed files, matches each pipeline's `on`, and creates runs with dedup keys, so
 //! planning an event twice (a crash between creating runs and marking the event planned) creates
-//! nothing new. A failed fetch is retried with back-off and reported in the log; the project's
-//! later events wait behind it, so order is kept. An invalid pipeline file becomes a failed run
+//! nothing new. A failed fetch is retried with back-off (up to 5 minutes apart) and reported in
+//! the log and in `/metrics`; the project's later events wait behind it, so order is kept. An
+//! outage is retried for as long as it lasts; only an event that waiting cannot help (its commit
+//! is gone, its project removed) is given up after `MAX_EVENT_ATTEMPTS` ([`PlanError::failure`]). An invalid pipeline file becomes a failed run
 //! carrying its problems.
 //!
 //! With several replicas on one PostgreSQL database, a project is planned by one replica at a
@@ -36,8 +38,8 @@ use crate::service::concurrency;
 use crate::service::matching::{self, Match};
 use crate::service::mirror::{Changes, Credentials, MirrorError, Mirrors};
 use crate::store::{
-    ClaimKind, EventId, EventState, NewRun, Replica, RunState, Store, StoreError, StoredEvent,
-    WaitReason, now_millis,
+    ClaimKind, EventId, EventState, Failure, NewRun, Replica, RunState, Store, StoreError,
+    StoredEvent, WaitReason, now_millis,
 };
 
 /// How long a woken planner waits for more deliveries before its pass.
@@ -60,6 +62,35 @@ pub enum PlanError {
     /// The forge could not be asked (who may run commands, a merge request's head) (retried).
     #[error("forge: {0}")]
     Forge(#[from] ForgeError),
+}
+
+impl PlanError {
+    /// Whether waiting cannot help, so that the event may be given up on after
+    /// [`crate::store::MAX_EVENT_ATTEMPTS`]: the commit is not in the repository (force-pushed
+    /// away), the project is no longer configured, the forge refused a question. An outage of
+    /// the forge, the network or the database is transient: a push is never dropped because
+    /// GitLab was down for an hour.
+    pub fn failure(&self) -> Failure {
+        match self {
+            PlanError::Store(_) => Failure::Transient,
+            PlanError::Git(e) => match e {
+                MirrorError::CommitNotFound { .. }
+                | MirrorError::InvalidSha { .. }
+                | MirrorError::InvalidProject { .. }
+                | MirrorError::Git { .. } => Failure::Permanent,
+                MirrorError::Fetch { .. }
+                | MirrorError::Auth { .. }
+                | MirrorError::Open { .. }
+                | MirrorError::NotMirrored { .. }
+                | MirrorError::Internal(_) => Failure::Transient,
+            },
+            PlanError::UnknownProject(_) => Failure::Permanent,
+            PlanError::Forge(ForgeError::Unavailable { .. }) => Failure::Transient,
+            PlanError::Forge(ForgeError::Rejected { .. } | ForgeError::Setup(_)) => {
+                Failure::Permanent
+            }
+        }
+    }
 }
 
 /// The planning worker.
@@ -293,10 +324,14 @@ impl Planner {
         let retry_at = now + backoff;
         let state = self
             .store
-            .mark_event_failed_attempt(stored.id, &error.to_string(), retry_at)
+            .mark_event_failed_attempt(stored.id, &error.to_string(), retry_at, error.failure())
             .await?;
-        if state == EventState::Pending {
-            self.backing_off.note(&stored.project, Some(retry_at), now);
+        match state {
+            EventState::Pending => self.backing_off.note(&stored.project, Some(retry_at), now),
+            EventState::Failed => {
+                tracing::error!(event.id = stored.id.0, project = %stored.project, attempts = stored.attempts + 1, error = %error, "planning gave up on this event: trying again cannot help");
+            }
+            EventState::Planned => {}
         }
         Ok(())
     }

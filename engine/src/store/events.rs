@@ -5,7 +5,10 @@
 //! [`Store::first_pending_event`]; one backing off holds back its project's later ones), plans
 //! each event, then calls
 //! [`Store::mark_event_planned`], or [`Store::mark_event_failed_attempt`] with a retry time. An
-//! event that fails [`MAX_EVENT_ATTEMPTS`] times becomes `failed` and is not retried.
+//! event is given up on (`failed`, not retried) only when trying again cannot help
+//! ([`Failure::Permanent`]: its commit is gone, its project removed) and it has failed
+//! [`MAX_EVENT_ATTEMPTS`] times; through an outage of the forge, the network or the database
+//! ([`Failure::Transient`]) it stays pending, however long the outage lasts.
 
 use crate::event::{Event, ForgeKind};
 use crate::store::Pools;
@@ -17,7 +20,17 @@ use super::{
     Columns, EventId, Store, StoreError, UnixMillis, now_millis, parse_word, with_pool, write_tx,
 };
 
-/// How many failed planning attempts turn an event `failed`.
+/// Whether trying a failed planning attempt again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// An outage (the forge, the network, the database): retried until it works.
+    Transient,
+    /// Nothing will change by waiting (the commit is not in the repository, the project is no
+    /// longer configured): retried [`MAX_EVENT_ATTEMPTS`] times in all, then `failed`.
+    Permanent,
+}
+
+/// How many failed planning attempts turn an event `failed`, when the failure is permanent.
 pub const MAX_EVENT_ATTEMPTS: i64 = 10;
 
 /// What [`Store::insert_event`] did.
@@ -267,15 +280,21 @@ impl Store {
     }
 
     /// Records a failed planning attempt: increments `attempts`, keeps `error`, and makes the
-    /// event due again at `retry_at`. After [`MAX_EVENT_ATTEMPTS`] attempts the event becomes
-    /// `failed`. Returns the event's new state. Only a pending event can fail an attempt
+    /// event due again at `retry_at`. A [`Failure::Permanent`] attempt that is the
+    /// [`MAX_EVENT_ATTEMPTS`]th makes the event `failed`; a [`Failure::Transient`] one never
+    /// does. Returns the event's new state. Only a pending event can fail an attempt
     /// ([`StoreError::Conflict`] otherwise).
     pub async fn mark_event_failed_attempt(
         &self,
         id: EventId,
         error: &str,
         retry_at: UnixMillis,
+        failure: Failure,
     ) -> Result<EventState, StoreError> {
+        let limit = match failure {
+            Failure::Permanent => MAX_EVENT_ATTEMPTS,
+            Failure::Transient => i64::MAX,
+        };
         let state = write_tx!(self, |tx| {
             let row: Option<(String,)> = sqlx::query_as(
                 "UPDATE events SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3, \
@@ -285,7 +304,7 @@ impl Store {
             .bind(id.0)
             .bind(error)
             .bind(retry_at)
-            .bind(MAX_EVENT_ATTEMPTS)
+            .bind(limit)
             .fetch_optional(&mut *tx)
             .await?;
             match row {

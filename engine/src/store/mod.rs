@@ -70,7 +70,7 @@ use sqlx::sqlite::{
 pub use answers::{AnswerKind, NewAnswer, StoredAnswer};
 pub use claims::{ClaimKind, DEFAULT_LEASE, Replica};
 pub use control::{CancelOutcome, WaitReason};
-pub use events::{Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
+pub use events::{Failure, Inserted, MAX_EVENT_ATTEMPTS, StoredEvent};
 pub use forge_state::{CommentKind, ForgeComment};
 pub use logs::LogTail;
 pub use outbox::{ChangeMark, OUTBOX_RUN, OUTBOX_STEP, OutboxItem};

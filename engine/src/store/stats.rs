@@ -12,12 +12,17 @@ pub struct StoreStats {
     pub outbox_unsent: i64,
     /// Stored events not yet planned (waiting or backing off).
     pub events_pending: i64,
+    /// Of those, events whose planning failed at least once (backing off: an outage, or a
+    /// commit that cannot be found).
+    pub events_retrying: i64,
+    /// Events given up on (see [`super::Failure::Permanent`]).
+    pub events_failed: i64,
 }
 
 impl Store {
     /// Runs by state, unsent outbox rows and pending events.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let (by_state, outbox, events): (Vec<(String, i64)>, (i64,), (i64,)) =
+        let (by_state, outbox, events): (Vec<(String, i64)>, (i64,), (i64, i64, i64)) =
             with_pool!(self, |pool| {
                 let by_state = sqlx::query_as("SELECT state, COUNT(*) FROM runs GROUP BY state")
                     .fetch_all(pool)
@@ -25,9 +30,14 @@ impl Store {
                 let outbox = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
                     .fetch_one(pool)
                     .await?;
-                let events = sqlx::query_as("SELECT COUNT(*) FROM events WHERE state = 'pending'")
-                    .fetch_one(pool)
-                    .await?;
+                let events = sqlx::query_as(
+                    "SELECT COUNT(*) FILTER (WHERE state = 'pending'), \
+                     COUNT(*) FILTER (WHERE state = 'pending' AND attempts > 0), \
+                     COUNT(*) FILTER (WHERE state = 'failed') FROM events \
+                     WHERE state IN ('pending', 'failed')",
+                )
+                .fetch_one(pool)
+                .await?;
                 (by_state, outbox, events)
             });
         let mut runs: Vec<(RunState, i64)> = RunState::ALL.iter().map(|s| (*s, 0)).collect();
@@ -41,6 +51,8 @@ impl Store {
             runs,
             outbox_unsent: outbox.0,
             events_pending: events.0,
+            events_retrying: events.1,
+            events_failed: events.2,
         })
     }
 }

@@ -331,7 +331,7 @@ async fn pending_events_retries_and_planning() {
         // A failed attempt with a retry in the future blocks its project (order is kept), not others.
         let later = now_millis() + 60_000;
         assert_eq!(
-            s.mark_event_failed_attempt(ids[0], "git fetch failed", later)
+            s.mark_event_failed_attempt(ids[0], "git fetch failed", later, Failure::Transient)
                 .await
                 .expect("fail"),
             EventState::Pending
@@ -373,14 +373,21 @@ async fn pending_events_retries_and_planning() {
         s.mark_event_planned(ids[1]).await.expect("planned again");
         assert_eq!(s.first_pending_event("p2").await.expect("first"), None);
 
-        // Up to the maximum, then failed for good.
-        let mut state = EventState::Pending;
-        for _ in 1..MAX_EVENT_ATTEMPTS {
-            state = s
-                .mark_event_failed_attempt(ids[0], "still failing", 0)
+        // An outage is retried however long it lasts: past the maximum, still pending.
+        for _ in 0..MAX_EVENT_ATTEMPTS + 5 {
+            let state = s
+                .mark_event_failed_attempt(ids[0], "forge down", 0, Failure::Transient)
                 .await
                 .expect("fail");
+            assert_eq!(state, EventState::Pending);
         }
+        let stats = s.stats().await.expect("stats");
+        assert_eq!((stats.events_retrying, stats.events_failed), (1, 0));
+        // A permanent failure ends it once the attempts reach the maximum: the first one now.
+        let state = s
+            .mark_event_failed_attempt(ids[0], "commit gone", 0, Failure::Permanent)
+            .await
+            .expect("fail");
         assert_eq!(state, EventState::Failed);
         assert_eq!(
             s.event_by_id(ids[0])
@@ -388,8 +395,10 @@ async fn pending_events_retries_and_planning() {
                 .expect("get")
                 .expect("stored")
                 .attempts,
-            MAX_EVENT_ATTEMPTS
+            MAX_EVENT_ATTEMPTS + 7
         );
+        let stats = s.stats().await.expect("stats");
+        assert_eq!((stats.events_retrying, stats.events_failed), (0, 1));
         assert!(matches!(
             s.mark_event_planned(ids[0]).await,
             Err(StoreError::Conflict { .. })
@@ -404,7 +413,8 @@ async fn pending_events_retries_and_planning() {
         );
         s.mark_event_planned(ids[2]).await.expect("planned");
         assert!(matches!(
-            s.mark_event_failed_attempt(ids[2], "x", 0).await,
+            s.mark_event_failed_attempt(ids[2], "x", 0, Failure::Permanent)
+                .await,
             Err(StoreError::Conflict { .. })
         ));
         assert!(matches!(

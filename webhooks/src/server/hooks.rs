@@ -124,6 +124,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 "Stored deliveries not yet planned.",
                 &[(Vec::new(), stats.events_pending as f64)],
             ));
+            text.push_str(&render_gauges(
+                "ferry_events_retrying",
+                "Stored deliveries whose planning failed and is retried with back-off (a forge, git or database outage, or a missing commit).",
+                &[(Vec::new(), stats.events_retrying as f64)],
+            ));
+            text.push_str(&render_gauges(
+                "ferry_events_failed",
+                "Stored deliveries given up on: their commit is not in the repository, or their project is no longer configured.",
+                &[(Vec::new(), stats.events_failed as f64)],
+            ));
         }
         Err(e) => tracing::warn!(error = %e, "metrics: reading the store failed"),
     }
