@@ -19,10 +19,13 @@ pub struct StoreStats {
     pub events_failed: i64,
 }
 
+/// Pending, retrying and failed events.
+type EventCounts = (i64, i64, i64);
+
 impl Store {
     /// Runs by state, unsent outbox rows and pending events.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let (by_state, outbox, events): (Vec<(String, i64)>, (i64,), (i64, i64, i64)) =
+        let (by_state, outbox, events): (Vec<(String, i64)>, (i64,), EventCounts) =
             with_pool!(self, |pool| {
                 let by_state = sqlx::query_as("SELECT state, COUNT(*) FROM runs GROUP BY state")
                     .fetch_all(pool)
