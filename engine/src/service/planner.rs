@@ -7,8 +7,8 @@
 //! nothing new. A failed fetch is retried with back-off (up to 5 minutes apart) and reported in
 //! the log and in `/metrics`; the project's later events wait behind it, so order is kept. An
 //! outage is retried for as long as it lasts; only an event that waiting cannot help (its commit
-//! is gone, its project removed) is given up after `MAX_EVENT_ATTEMPTS` ([`PlanError::failure`]). An invalid pipeline file becomes a failed run
-//! carrying its problems.
+//! is gone, its project removed) is given up after `MAX_EVENT_ATTEMPTS`
+//! ([`PlanError::failure`]). An invalid pipeline file becomes a failed run carrying its problems.
 //!
 //! With several replicas on one PostgreSQL database, a project is planned by one replica at a
 //! time: the planner claims the project ([`ClaimKind::Plan`]) before its events and renews the
