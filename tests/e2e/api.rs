@@ -24,7 +24,8 @@ use ferry_engine::profile::Profile;
 use ferry_engine::service::intake::Secrets;
 use ferry_engine::service::planner::Planner;
 use ferry_engine::store::{
-    Inserted, NewRun, RunId, RunState, StepChange, StepState, Store, TokenScope,
+    Failure, Inserted, MAX_EVENT_ATTEMPTS, NewRun, RunId, RunState, StepChange, StepState, Store,
+    TokenScope,
 };
 use ferry_tests::TempDir;
 use serde_json::{Value, json};
@@ -318,6 +319,8 @@ async fn the_openapi_document_lists_every_route_and_every_route_answers() {
         ("GET", "/api/v1/runs/{id}"),
         ("POST", "/api/v1/runs/{id}/rerun"),
         ("POST", "/api/v1/runs/{id}/cancel"),
+        ("GET", "/api/v1/events"),
+        ("POST", "/api/v1/events/{id}/retry"),
         ("GET", "/api/openapi.json"),
         ("POST", "/hooks/gitlab"),
         ("POST", "/hooks/github"),
@@ -374,6 +377,8 @@ async fn the_openapi_document_lists_every_route_and_every_route_answers() {
         "TriggerRequest",
         "ErrorBody",
         "RunState",
+        "DeliveryList",
+        "DeliverySummary",
     ] {
         assert!(schemas.contains_key(name), "components.schemas.{name}");
     }
@@ -1022,4 +1027,157 @@ async fn cancelling_a_queued_run_cancels_it_and_its_steps_and_finished_runs_refu
             .status,
         404
     );
+}
+
+#[tokio::test]
+async fn deliveries_whose_planning_failed_are_listed_and_a_failed_one_can_be_retried() {
+    let h = harness("").await;
+    let push = |sha: &str| Event {
+        forge: ForgeKind::Gitlab,
+        repo: RepoIdentity {
+            full_name: "ml/alpha".into(),
+            urls: vec![],
+        },
+        kind: ferry_engine::event::EventKind::BranchPush(BranchPush {
+            branch: "main".into(),
+            before: None,
+            after: Some(sha.into()),
+            change: BranchChange::Updated,
+            head_message: None,
+            pusher: Actor {
+                login: "ada".into(),
+                id: Some(1),
+            },
+            default_branch: Some("main".into()),
+        }),
+    };
+    let insert = |project: &'static str, key: &'static str, sha: &str| {
+        let event = push(sha);
+        let store = h.store.clone();
+        async move {
+            store
+                .insert_event(project, ForgeKind::Gitlab, key, &event)
+                .await
+                .expect("insert")
+                .id()
+        }
+    };
+    // alpha: a commit that was force-pushed away, given up on; beta: the forge is down.
+    let gone = insert("alpha", "d-1", &"1".repeat(40)).await;
+    for _ in 0..MAX_EVENT_ATTEMPTS {
+        h.store
+            .mark_event_failed_attempt(
+                gone,
+                "commit 1111 is not in the mirror",
+                0,
+                Failure::Permanent,
+            )
+            .await
+            .expect("fail");
+    }
+    let down = insert("beta", "d-2", &h.sha).await;
+    h.store
+        .mark_event_failed_attempt(
+            down,
+            "fetching `beta` failed: connection refused",
+            0,
+            Failure::Transient,
+        )
+        .await
+        .expect("fail");
+    let planned = insert("alpha", "d-3", &h.sha).await;
+    h.store.mark_event_planned(planned).await.expect("planned");
+
+    let ids = |reply: &Reply| -> Vec<i64> {
+        reply.json["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}", reply.json))
+            .iter()
+            .map(|e| e["id"].as_i64().expect("id"))
+            .collect()
+    };
+    let all = h.get("/api/v1/events", Some(&h.admin)).await;
+    assert_eq!(all.status, 200, "{}", all.json);
+    assert_eq!(
+        ids(&all),
+        vec![down.0, gone.0],
+        "newest first; planned ones are not listed"
+    );
+    let first = &all.json["events"][0];
+    assert_eq!(first["state"], "retrying");
+    assert_eq!(first["attempts"], 1);
+    assert_eq!(first["delivery_key"], "d-2");
+    assert_eq!(
+        first["last_error"],
+        "fetching `beta` failed: connection refused"
+    );
+    assert_eq!(first["event"]["kind"]["type"], "branch_push");
+    assert!(first["next_attempt_at"].is_string(), "{first}");
+    let second = &all.json["events"][1];
+    assert_eq!(
+        (second["state"].as_str(), second["attempts"].as_i64()),
+        (Some("failed"), Some(MAX_EVENT_ATTEMPTS))
+    );
+    assert!(second["next_attempt_at"].is_null(), "{second}");
+
+    let failed = h.get("/api/v1/events?state=failed", Some(&h.admin)).await;
+    assert_eq!(ids(&failed), vec![gone.0]);
+    let limited = h.get("/api/v1/events?limit=1", Some(&h.admin)).await;
+    assert_eq!(ids(&limited), vec![down.0]);
+    // A project token sees its own project's only, and may not ask for another.
+    let own = h.get("/api/v1/events", Some(&h.alpha)).await;
+    assert_eq!(ids(&own), vec![gone.0]);
+    assert_eq!(
+        h.get("/api/v1/events?project=beta", Some(&h.alpha))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(h.get("/api/v1/events", None).await.status, 401);
+    assert_eq!(
+        h.get("/api/v1/events?limit=0", Some(&h.admin)).await.status,
+        400
+    );
+    assert_eq!(
+        h.get("/api/v1/events?state=stuck", Some(&h.admin))
+            .await
+            .code(),
+        "bad_request"
+    );
+
+    // Retrying: only a failed delivery, only by a token that covers its project.
+    let path = |id: i64| format!("/api/v1/events/{id}/retry");
+    assert_eq!(h.post(&path(gone.0), None, json!({})).await.status, 401);
+    let refused = h.post(&path(down.0), Some(&h.alpha), json!({})).await;
+    assert_eq!(refused.status, 403, "{}", refused.json);
+    let busy = h.post(&path(down.0), Some(&h.admin), json!({})).await;
+    assert_eq!(busy.status, 409, "{}", busy.json);
+    assert_eq!(
+        busy.json["error"]["message"],
+        format!(
+            "event {} is pending; only a failed one can be retried",
+            down.0
+        )
+    );
+    assert_eq!(
+        h.post(&path(999_999), Some(&h.admin), json!({}))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        h.post("/api/v1/events/abc/retry", Some(&h.admin), json!({}))
+            .await
+            .status,
+        400
+    );
+    let retried = h.post(&path(gone.0), Some(&h.alpha), json!({})).await;
+    assert_eq!(retried.status, 200, "{}", retried.json);
+    assert_eq!(retried.json["state"], "retrying");
+    assert_eq!(retried.json["attempts"], MAX_EVENT_ATTEMPTS - 1);
+    let stored = h.store.event_by_id(gone).await.expect("get").expect("kept");
+    assert_eq!(stored.state, ferry_engine::store::EventState::Pending);
+    assert!(stored.next_attempt_at <= ferry_engine::store::now_millis());
+    let again = h.post(&path(gone.0), Some(&h.admin), json!({})).await;
+    assert_eq!(again.status, 409, "{}", again.json);
 }

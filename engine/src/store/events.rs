@@ -250,6 +250,63 @@ impl Store {
         Ok(self.pending_events(project, 1).await?.into_iter().next())
     }
 
+    /// Up to `limit` events whose planning failed: `failed` ones and pending ones that failed at
+    /// least once (retrying), newest first, only `project`'s when given, only `state` when given.
+    pub async fn troubled_events(
+        &self,
+        project: Option<&str>,
+        state: Option<EventState>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, project, forge, delivery_key, event_json, received_at, state, \
+                 attempts, last_error, next_attempt_at FROM events \
+                 WHERE (state = 'failed' OR (state = 'pending' AND attempts > 0)) \
+                 AND ($1 IS NULL OR project = $1) AND ($2 IS NULL OR state = $2) \
+                 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(project)
+            .bind(state.map(EventState::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(event_from_row).collect()
+        })
+    }
+
+    /// Puts a `failed` event back in line by hand: pending and due now, with one attempt left
+    /// before the limit, so that a commit still missing fails it again at once (it does not hold
+    /// its project's later events back for another round of back-off) while an outage keeps it
+    /// pending as usual. [`StoreError::Conflict`] unless it is `failed`.
+    pub async fn retry_event(&self, id: EventId) -> Result<(), StoreError> {
+        write_tx!(self, |tx| {
+            let done = sqlx::query(
+                "UPDATE events SET state = 'pending', next_attempt_at = $2, \
+                 attempts = CASE WHEN attempts >= $3 THEN $3 - 1 ELSE attempts END \
+                 WHERE id = $1 AND state = 'failed'",
+            )
+            .bind(id.0)
+            .bind(now_millis())
+            .bind(MAX_EVENT_ATTEMPTS)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 0 {
+                let state: Option<(String,)> =
+                    sqlx::query_as("SELECT state FROM events WHERE id = $1")
+                        .bind(id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                return Err(match state {
+                    None => not_found(id),
+                    Some((s,)) => conflict(id, EventState::Failed, s),
+                });
+            }
+        });
+        Ok(())
+    }
+
     /// Marks a pending event planned. Idempotent: an event already planned is left as it is.
     /// A `failed` event gives [`StoreError::Conflict`].
     pub async fn mark_event_planned(&self, id: EventId) -> Result<(), StoreError> {

@@ -422,6 +422,62 @@ async fn pending_events_retries_and_planning() {
             Err(StoreError::NotFound { .. })
         ));
         assert_eq!(s.event_by_id(EventId(999_999)).await.expect("get"), None);
+
+        // What needs attention: the failed event, newest first, by project and state.
+        let ids_of = |events: Vec<StoredEvent>| events.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids_of(s.troubled_events(None, None, 10).await.expect("list")),
+            vec![ids[0]]
+        );
+        let event = push_event(&"e".repeat(40));
+        let retrying = s.insert_event("p2", ForgeKind::Gitlab, "key-3", &event);
+        let retrying = retrying.await.expect("insert").id();
+        s.mark_event_failed_attempt(retrying, "forge down", 0, Failure::Transient)
+            .await
+            .expect("fail");
+        assert_eq!(
+            ids_of(s.troubled_events(None, None, 10).await.expect("list")),
+            vec![retrying, ids[0]]
+        );
+        assert_eq!(
+            ids_of(s.troubled_events(Some("p1"), None, 10).await.expect("list")),
+            vec![ids[0]]
+        );
+        assert_eq!(
+            ids_of(
+                s.troubled_events(None, Some(EventState::Pending), 10)
+                    .await
+                    .expect("list")
+            ),
+            vec![retrying]
+        );
+        assert_eq!(
+            ids_of(s.troubled_events(None, None, 1).await.expect("list")),
+            vec![retrying]
+        );
+
+        // Retried by hand: pending and due, with one attempt left; only a failed event can be.
+        s.retry_event(ids[0]).await.expect("retry");
+        let e0 = s.event_by_id(ids[0]).await.expect("get").expect("stored");
+        assert_eq!(
+            (e0.state, e0.attempts),
+            (EventState::Pending, MAX_EVENT_ATTEMPTS - 1)
+        );
+        assert!(e0.next_attempt_at <= now_millis());
+        assert!(matches!(
+            s.retry_event(ids[0]).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            s.retry_event(EventId(999_999)).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        // A commit still missing fails it again at once; an outage would not.
+        let state = s
+            .mark_event_failed_attempt(ids[0], "commit gone", 0, Failure::Permanent)
+            .await
+            .expect("fail");
+        assert_eq!(state, EventState::Failed);
         db.finish().await;
     }
 }

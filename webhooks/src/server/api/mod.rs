@@ -10,11 +10,13 @@
 //!
 //! Routes: `GET /api/v1/runs` (filters, cursor paging), `GET /api/v1/runs/{id}` (steps, metrics
 //! against the baseline, links, who), `POST /api/v1/runs` (trigger), `POST
-//! /api/v1/runs/{id}/rerun`, `POST /api/v1/runs/{id}/cancel`. Errors have one shape
+//! /api/v1/runs/{id}/rerun`, `POST /api/v1/runs/{id}/cancel`; `GET /api/v1/events` (deliveries
+//! whose planning failed), `POST /api/v1/events/{id}/retry`. Errors have one shape
 //! ([`error`]); callers are authenticated by bearer tokens ([`auth`]).
 
 pub mod auth;
 pub mod error;
+mod events;
 pub mod openapi;
 mod runs;
 pub mod types;
@@ -27,7 +29,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use self::error::ApiError;
 use self::types::{
-    ErrorCode, RerunQuery, RerunRequest, RunDetail, RunList, RunQuery, RunSummary, TriggerRequest,
+    DeliveryList, DeliveryQuery, DeliverySummary, ErrorCode, RerunQuery, RerunRequest, RunDetail,
+    RunList, RunQuery, RunSummary, TriggerRequest,
 };
 use crate::server::AppState;
 
@@ -112,6 +115,7 @@ fn text(status: u16, description: &'static str) -> Answer {
 }
 
 const RUN_ID: &[(&str, &str)] = &[("id", "The run's id (a positive integer).")];
+const EVENT_ID: &[(&str, &str)] = &[("id", "The event's id (a positive integer).")];
 
 /// Every route of the server.
 pub fn endpoints() -> Vec<Endpoint> {
@@ -199,6 +203,34 @@ fn api_endpoints() -> Vec<Endpoint> {
             ],
             errors: &[400, 401, 403, 404, 409, 503],
             handler: Some(|| post(runs::cancel)),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/api/v1/events",
+            operation_id: "listTroubledEvents",
+            summary: "Deliveries whose planning failed: retrying (an outage) or failed (given up), newest first",
+            tag: "events",
+            access: Access::Read,
+            path_params: &[],
+            query: Some(<DeliveryQuery as JsonSchema>::json_schema),
+            body: None,
+            answers: vec![json::<DeliveryList>(200, "The deliveries.")],
+            errors: &[400, 401, 403],
+            handler: Some(|| get(events::list)),
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/api/v1/events/{id}/retry",
+            operation_id: "retryEvent",
+            summary: "Put a failed delivery back in line; it is planned at once",
+            tag: "events",
+            access: Access::Write,
+            path_params: EVENT_ID,
+            query: None,
+            body: None,
+            answers: vec![json::<DeliverySummary>(200, "Back in line.")],
+            errors: &[400, 401, 403, 404, 409],
+            handler: Some(|| post(events::retry)),
         },
         Endpoint {
             method: Method::GET,

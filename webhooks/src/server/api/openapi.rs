@@ -48,6 +48,7 @@ fn build() -> Value {
         "tags": [
             {"name": "runs", "description": "Runs of pipelines."},
             {"name": "webhooks", "description": "Deliveries from GitLab and GitHub."},
+            {"name": "events", "description": "Deliveries whose planning failed, for operators."},
             {"name": "operations", "description": "Probes and metrics."},
             {"name": "meta", "description": "This document."},
         ],

@@ -351,6 +351,65 @@ pub struct RunQuery {
     pub limit: Option<u32>,
 }
 
+/// Where a delivery whose planning failed stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Retried with back-off (an outage is retried until it ends); the project's later deliveries
+    /// wait behind it.
+    Retrying,
+    /// Given up on: its commit is not in the repository, or its project is no longer configured.
+    /// `POST /api/v1/events/{id}/retry` puts it back in line.
+    Failed,
+}
+
+/// A stored delivery whose planning failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliverySummary {
+    /// The event's id.
+    pub id: i64,
+    /// The configured project.
+    pub project: String,
+    /// `gitlab` or `github`.
+    pub forge: String,
+    /// The key it was stored under (the forge's delivery id, or the body's SHA-256).
+    pub delivery_key: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Failed planning attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the webhook was received.
+    pub received_at: String,
+    /// When it is tried next (retrying deliveries).
+    pub next_attempt_at: Option<String>,
+    /// The normalised event (`{"type": "branch_push", ...}`).
+    pub event: Value,
+}
+
+/// An answer of `GET /api/v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryList {
+    /// Newest first.
+    pub events: Vec<DeliverySummary>,
+}
+
+/// The query of `GET /api/v1/events`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    /// Only this project.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Only deliveries in this state (default: both).
+    #[serde(default)]
+    pub state: Option<DeliveryState>,
+    /// At most this many (1 to 500, default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 /// Every error: `{"error": {"code", "message", "details"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
