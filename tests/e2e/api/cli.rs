@@ -397,6 +397,103 @@ async fn the_cli_triggers_a_run_that_succeeds_on_the_local_executor_and_manages_
 /// The README's quick start: `ferry serve` on its embedded defaults, then `ferry token create`
 /// in the same directory (no config: the same `ferry.db`) and `ferry trigger demo demo`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_deliveries_that_failed_and_puts_one_back_in_line() {
+    use ferry_engine::event::{Event, EventKind, ForgeKind, RepoIdentity};
+    use ferry_engine::store::{EventState, Failure, MAX_EVENT_ATTEMPTS, Store};
+
+    let live = live().await;
+    let server = live.cli();
+    let config = live.config.display().to_string();
+    let created = server
+        .ferry(
+            None,
+            &[
+                "token", "create", "--config", &config, "--admin", "--name", "ops",
+            ],
+        )
+        .await;
+    assert_eq!(created.code, 0, "{created}");
+    let token = created.stdout.trim().to_owned();
+
+    let listed = server.ferry(Some(&token), &["events", "list"]).await;
+    assert_eq!(listed.code, 0, "{listed}");
+    assert_eq!(listed.stdout.trim(), "no deliveries are retrying or failed");
+
+    // A delivery given up on, written to the server's own database.
+    let db = format!("sqlite://{}", live.dir.path().join("ferry.db").display());
+    let store = Store::open(&db).await.expect("the server's database");
+    let event = Event {
+        forge: ForgeKind::Gitlab,
+        repo: RepoIdentity {
+            full_name: "ml/alpha".into(),
+            urls: vec![],
+        },
+        kind: EventKind::Ping,
+    };
+    let id = store
+        .insert_event("alpha", ForgeKind::Gitlab, "delivery-7", &event)
+        .await
+        .expect("insert")
+        .id();
+    for _ in 0..MAX_EVENT_ATTEMPTS {
+        store
+            .mark_event_failed_attempt(
+                id,
+                "commit 1111 is not in the mirror",
+                0,
+                Failure::Permanent,
+            )
+            .await
+            .expect("fail");
+    }
+
+    let listed = server
+        .ferry(Some(&token), &["events", "list", "--state", "failed"])
+        .await;
+    assert_eq!(listed.code, 0, "{listed}");
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID  PROJECT  EVENT  STATE   ATTEMPTS  RECEIVED (UTC)"),
+        "{listed}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{}   alpha    ping   failed  10        ", id.0)),
+        "{listed}"
+    );
+    assert!(
+        lines[1].ends_with("commit 1111 is not in the mirror"),
+        "{listed}"
+    );
+    let json = server
+        .ferry(Some(&token), &["events", "list", "--json"])
+        .await;
+    let body: Value = serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(body["events"][0]["delivery_key"], "delivery-7");
+
+    let retried = server
+        .ferry(Some(&token), &["events", "retry", &id.0.to_string()])
+        .await;
+    assert_eq!(retried.code, 0, "{retried}");
+    assert_eq!(
+        retried.stdout.trim(),
+        format!("event {} (alpha) is back in line", id.0)
+    );
+    let stored = store.event_by_id(id).await.expect("get").expect("kept");
+    assert_ne!(
+        stored.state,
+        EventState::Failed,
+        "pending, or planned already"
+    );
+    let again = server
+        .ferry(Some(&token), &["events", "retry", &id.0.to_string()])
+        .await;
+    assert_eq!(again.code, 1, "{again}");
+    assert!(again.stderr.contains("the server refused (409)"), "{again}");
+    store.close().await;
+    live.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_quick_start_runs_the_demo_again_through_the_api() {
     let dir = TempDir::new("api-readme");
     let log_path = dir.path().join("serve.log");

@@ -1,7 +1,8 @@
 //! Command-line verbs: `serve`, `validate`, `render`, `run`, `schema`; `token` (the API's tokens,
-//! on the server's database); and the API client verbs `runs` and `trigger`.
+//! on the server's database); and the API client verbs `runs`, `trigger` and `events`.
 
 mod client;
+mod events;
 mod progress;
 mod render;
 mod repo;
@@ -67,6 +68,9 @@ enum Command {
     /// List, show, rerun or cancel runs on a ferry server (FERRY_SERVER, FERRY_TOKEN).
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Webhook deliveries whose planning failed, and retrying them (FERRY_SERVER, FERRY_TOKEN).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Run a pipeline on a ferry server (FERRY_SERVER, FERRY_TOKEN).
     Trigger(runs::TriggerArgs),
 }
@@ -119,6 +123,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Token(command) => token::token(command),
         Command::Runs(command) => runs::runs(command),
+        Command::Events(command) => events::events(command),
         Command::Trigger(args) => runs::trigger(args),
     }
 }

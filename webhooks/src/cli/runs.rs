@@ -59,6 +59,13 @@ pub struct Output {
     json: bool,
 }
 
+impl Output {
+    /// Where the server is and the token to show it.
+    pub(super) fn server(&self) -> &ServerArgs {
+        &self.server
+    }
+}
+
 /// `ferry runs list` filters.
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -195,7 +202,7 @@ fn list(args: ListArgs) -> Result<ExitCode> {
 }
 
 /// `key=value` pairs, percent-encoded, for the values that are set.
-fn form_query(pairs: &[(&str, Option<&str>)]) -> Vec<String> {
+pub(super) fn form_query(pairs: &[(&str, Option<&str>)]) -> Vec<String> {
     pairs
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
@@ -216,7 +223,7 @@ fn encode(text: &str) -> String {
 }
 
 /// Prints a successful answer (as JSON with `--json`, else with `human`), or the refusal.
-fn finish<T: Serialize + DeserializeOwned>(
+pub(super) fn finish<T: Serialize + DeserializeOwned>(
     answer: Answer<T>,
     out: &Output,
     human: impl FnOnce(&T),
