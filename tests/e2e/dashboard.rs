@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_engine::config::Config;
-use ferry_engine::store::{RunId, RunState, Store, TokenScope};
+use ferry_engine::event::{Event, EventKind, ForgeKind, RepoIdentity};
+use ferry_engine::store::{Failure, MAX_EVENT_ATTEMPTS, RunId, RunState, Store, TokenScope};
 use ferry_tests::TempDir;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -224,6 +225,32 @@ async fn the_dashboard_in_headless_chromium() {
         assert_eq!(finished(&store, id).await, want, "run {id}");
     }
 
+    // A delivery of a project since removed from `ferry.yaml`, given up on: the list says so.
+    let ping = Event {
+        forge: ForgeKind::Gitlab,
+        repo: RepoIdentity {
+            full_name: "ml/retired".into(),
+            urls: vec![],
+        },
+        kind: EventKind::Ping,
+    };
+    let retired = store
+        .insert_event("retired", ForgeKind::Gitlab, "retired-1", &ping)
+        .await
+        .expect("insert")
+        .id();
+    for _ in 0..MAX_EVENT_ATTEMPTS {
+        store
+            .mark_event_failed_attempt(
+                retired,
+                "project `retired` is not configured",
+                0,
+                Failure::Permanent,
+            )
+            .await
+            .expect("fail");
+    }
+
     let base = format!("http://{addr}");
     let shots = screenshot_dir();
     let profile_dir = dir.path().join("chromium-profile");
@@ -272,6 +299,13 @@ fn scenario(browser: &mut Browser, base: &str, token: &str, runs: &Runs, shots: 
         &main,
         "document.querySelectorAll('table.runs tbody tr').length === 3",
         "the runs list",
+    );
+    let notice = browser.value(&main, "document.getElementById('troubled').textContent");
+    assert!(
+        notice.as_str().is_some_and(|t| t.starts_with(
+            "1 delivery was given up on (its commit is gone, or its project was removed). ferry events list shows them"
+        )),
+        "{notice}"
     );
     let cookie_visible = browser.value(&main, "document.cookie.includes('ferry_token')");
     assert_eq!(cookie_visible, Value::Bool(false), "the cookie is HttpOnly");

@@ -22,7 +22,22 @@ pub struct StoreStats {
 /// Pending, retrying and failed events.
 type EventCounts = (i64, i64, i64);
 
+/// [`EventCounts`], from the `events_pending` index (`state` first).
+const EVENT_COUNTS: &str = "SELECT COUNT(*) FILTER (WHERE state = 'pending'), \
+     COUNT(*) FILTER (WHERE state = 'pending' AND attempts > 0), \
+     COUNT(*) FILTER (WHERE state = 'failed') FROM events WHERE state IN ('pending', 'failed')";
+
 impl Store {
+    /// Deliveries whose planning failed: (retrying, given up). One indexed query, for the
+    /// dashboard's notice.
+    pub async fn troubled_event_counts(&self) -> Result<(i64, i64), StoreError> {
+        let (_, retrying, failed): EventCounts =
+            with_pool!(self, |pool| sqlx::query_as(EVENT_COUNTS)
+                .fetch_one(pool)
+                .await?);
+        Ok((retrying, failed))
+    }
+
     /// Runs by state, unsent outbox rows and pending events.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         let (by_state, outbox, events): (Vec<(String, i64)>, (i64,), EventCounts) =
@@ -33,14 +48,7 @@ impl Store {
                 let outbox = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
                     .fetch_one(pool)
                     .await?;
-                let events = sqlx::query_as(
-                    "SELECT COUNT(*) FILTER (WHERE state = 'pending'), \
-                     COUNT(*) FILTER (WHERE state = 'pending' AND attempts > 0), \
-                     COUNT(*) FILTER (WHERE state = 'failed') FROM events \
-                     WHERE state IN ('pending', 'failed')",
-                )
-                .fetch_one(pool)
-                .await?;
+                let events = sqlx::query_as(EVENT_COUNTS).fetch_one(pool).await?;
                 (by_state, outbox, events)
             });
         let mut runs: Vec<(RunState, i64)> = RunState::ALL.iter().map(|s| (*s, 0)).collect();

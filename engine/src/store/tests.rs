@@ -383,6 +383,7 @@ async fn pending_events_retries_and_planning() {
         }
         let stats = s.stats().await.expect("stats");
         assert_eq!((stats.events_retrying, stats.events_failed), (1, 0));
+        assert_eq!(s.troubled_event_counts().await.expect("counts"), (1, 0));
         // A permanent failure ends it once the attempts reach the maximum: the first one now.
         let state = s
             .mark_event_failed_attempt(ids[0], "commit gone", 0, Failure::Permanent)

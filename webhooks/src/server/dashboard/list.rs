@@ -126,6 +126,8 @@ pub struct ListView<'a> {
     pub error: Option<String>,
     /// The time ages are measured to.
     pub now: UnixMillis,
+    /// Webhook deliveries whose planning failed: (retrying, given up).
+    pub troubled: (i64, i64),
 }
 
 /// A state badge.
@@ -221,9 +223,47 @@ fn row(out: &mut String, run: &Run, now: UnixMillis) {
     );
 }
 
+/// A notice when webhook deliveries could not be planned: their pushes have no runs yet (or
+/// will have none), which the list of runs alone would not show.
+fn troubled(out: &mut String, (retrying, failed): (i64, i64)) {
+    let plural = |n: i64, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let mut parts = Vec::new();
+    if retrying > 0 {
+        parts.push(plural(
+            retrying,
+            "webhook delivery could not be planned yet and is retried (an outage of the forge, git or the database?)",
+            "webhook deliveries could not be planned yet and are retried (an outage of the forge, git or the database?)",
+        ));
+    }
+    if failed > 0 {
+        parts.push(plural(
+            failed,
+            "delivery was given up on (its commit is gone, or its project was removed)",
+            "deliveries were given up on (their commits are gone, or their projects were removed)",
+        ));
+    }
+    if parts.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "<p class=\"error\" role=\"status\" id=\"troubled\">{}. <code>ferry events list</code> \
+         shows them with their errors; <code>ferry events retry ID</code> puts a given-up one back \
+         in line.</p>",
+        parts.join("; ")
+    );
+}
+
 /// The list's `<main>` content.
 pub fn render(view: &ListView<'_>) -> String {
     let mut out = String::from("<h1>Runs</h1>");
+    troubled(&mut out, view.troubled);
     filters(&mut out, view);
     out.push_str("<div id=\"live\">");
     if let Some(error) = &view.error {
@@ -345,7 +385,12 @@ pub(super) mod tests {
             next: RunId::new(7),
             error: None,
             now: 120_000,
+            troubled: (0, 0),
         });
+        assert!(
+            !html.contains("id=\"troubled\""),
+            "no notice when all is well"
+        );
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("exp/&lt;script&gt;alert(1)&lt;/script&gt;&quot;"));
         assert!(html.contains("<option>&lt;p&gt;</option>"));
@@ -367,12 +412,40 @@ pub(super) mod tests {
             next: None,
             error,
             now: 0,
+            troubled: (0, 0),
         };
         assert!(render(&view(None)).contains("No runs match."));
         let html = render(&view(Some(
             "mr: `<x>` is not a merge request number".into(),
         )));
         assert!(html.contains("mr: `&lt;x&gt;` is not a merge request number"));
+    }
+
+    #[test]
+    fn deliveries_that_could_not_be_planned_are_pointed_out() {
+        let query = ListQuery::default();
+        let html = |troubled| {
+            render(&ListView {
+                query: &query,
+                projects: Vec::new(),
+                runs: &[],
+                next: None,
+                error: None,
+                now: 0,
+                troubled,
+            })
+        };
+        let one = html((1, 0));
+        assert!(
+            one.contains(">1 webhook delivery could not be planned yet and is retried (an outage of the forge, git or the database?). <code>ferry events list</code>"),
+            "{one}"
+        );
+        let both = html((2, 3));
+        assert!(
+            both.contains(">2 webhook deliveries could not be planned yet and are retried (an outage of the forge, git or the database?); 3 deliveries were given up on (their commits are gone, or their projects were removed). "),
+            "{both}"
+        );
+        assert!(!html((0, 0)).contains("troubled"));
     }
 
     #[test]

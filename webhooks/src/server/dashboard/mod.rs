@@ -199,7 +199,16 @@ async fn list_page(
     } else {
         StatusCode::OK
     };
+    // The notice is worth a cheap query, not a failed page.
+    let troubled = match state.store.troubled_event_counts().await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::warn!(error = %e, "dashboard: counting troubled deliveries failed");
+            (0, 0)
+        }
+    };
     let view = ListView {
+        troubled,
         query: &query,
         projects: state
             .config
