@@ -18,9 +18,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use ferry_engine::event::{Event, ForgeKind, RepoIdentity};
 use ferry_engine::pipeline::{self, EventKind, Pipeline};
 use ferry_engine::profile::{Distributed, Profile};
 use ferry_engine::render::{Rendered, Renderer, RunContext};
+use ferry_engine::store::{EventId, Failure, MAX_EVENT_ATTEMPTS, Store};
 use serde_json::Value;
 
 /// The commit every test run is rendered at.
@@ -47,6 +49,31 @@ pub fn shared_argo_dir() -> Option<PathBuf> {
 pub fn shared_fixtures_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
     dir.is_dir().then_some(dir)
+}
+
+/// A stored delivery of project `project` given up on after [`MAX_EVENT_ATTEMPTS`] permanent
+/// failures with `error` (a GitHub `ping`: planning it would create nothing). Returns its id.
+pub async fn failed_delivery(store: &Store, project: &str, key: &str, error: &str) -> EventId {
+    let ping = Event {
+        forge: ForgeKind::Gitlab,
+        repo: RepoIdentity {
+            full_name: format!("ml/{project}"),
+            urls: vec![],
+        },
+        kind: ferry_engine::event::EventKind::Ping,
+    };
+    let id = store
+        .insert_event(project, ForgeKind::Gitlab, key, &ping)
+        .await
+        .expect("insert the delivery")
+        .id();
+    for _ in 0..MAX_EVENT_ATTEMPTS {
+        store
+            .mark_event_failed_attempt(id, error, 0, Failure::Permanent)
+            .await
+            .expect("a failed attempt");
+    }
+    id
 }
 
 /// Reads a file, panicking with its path on failure.

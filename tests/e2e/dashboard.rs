@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_engine::config::Config;
-use ferry_engine::event::{Event, EventKind, ForgeKind, RepoIdentity};
-use ferry_engine::store::{Failure, MAX_EVENT_ATTEMPTS, RunId, RunState, Store, TokenScope};
+use ferry_engine::store::{RunId, RunState, Store, TokenScope};
 use ferry_tests::TempDir;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -226,30 +225,8 @@ async fn the_dashboard_in_headless_chromium() {
     }
 
     // A delivery of a project since removed from `ferry.yaml`, given up on: the list says so.
-    let ping = Event {
-        forge: ForgeKind::Gitlab,
-        repo: RepoIdentity {
-            full_name: "ml/retired".into(),
-            urls: vec![],
-        },
-        kind: EventKind::Ping,
-    };
-    let retired = store
-        .insert_event("retired", ForgeKind::Gitlab, "retired-1", &ping)
-        .await
-        .expect("insert")
-        .id();
-    for _ in 0..MAX_EVENT_ATTEMPTS {
-        store
-            .mark_event_failed_attempt(
-                retired,
-                "project `retired` is not configured",
-                0,
-                Failure::Permanent,
-            )
-            .await
-            .expect("fail");
-    }
+    let error = "project `retired` is not configured";
+    ferry_tests::failed_delivery(&store, "retired", "retired-1", error).await;
 
     let base = format!("http://{addr}");
     let shots = screenshot_dir();

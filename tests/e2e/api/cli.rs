@@ -398,8 +398,7 @@ async fn the_cli_triggers_a_run_that_succeeds_on_the_local_executor_and_manages_
 /// in the same directory (no config: the same `ferry.db`) and `ferry trigger demo demo`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_deliveries_that_failed_and_puts_one_back_in_line() {
-    use ferry_engine::event::{Event, EventKind, ForgeKind, RepoIdentity};
-    use ferry_engine::store::{EventState, Failure, MAX_EVENT_ATTEMPTS, Store};
+    use ferry_engine::store::{EventState, Store};
 
     let live = live().await;
     let server = live.cli();
@@ -422,30 +421,8 @@ async fn the_cli_lists_deliveries_that_failed_and_puts_one_back_in_line() {
     // A delivery given up on, written to the server's own database.
     let db = format!("sqlite://{}", live.dir.path().join("ferry.db").display());
     let store = Store::open(&db).await.expect("the server's database");
-    let event = Event {
-        forge: ForgeKind::Gitlab,
-        repo: RepoIdentity {
-            full_name: "ml/alpha".into(),
-            urls: vec![],
-        },
-        kind: EventKind::Ping,
-    };
-    let id = store
-        .insert_event("alpha", ForgeKind::Gitlab, "delivery-7", &event)
-        .await
-        .expect("insert")
-        .id();
-    for _ in 0..MAX_EVENT_ATTEMPTS {
-        store
-            .mark_event_failed_attempt(
-                id,
-                "commit 1111 is not in the mirror",
-                0,
-                Failure::Permanent,
-            )
-            .await
-            .expect("fail");
-    }
+    let error = "commit 1111 is not in the mirror";
+    let id = ferry_tests::failed_delivery(&store, "alpha", "delivery-7", error).await;
 
     let listed = server
         .ferry(Some(&token), &["events", "list", "--state", "failed"])

@@ -41,6 +41,19 @@ impl Caller {
         }
     }
 
+    /// The project a list is narrowed to: the one `asked` for (`403` unless the caller may see
+    /// it), else a project token's own project (it sees nothing else), else none (all).
+    pub fn project_filter(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+        match (self.only_project(), asked) {
+            (_, Some(asked)) => {
+                self.check(&asked)?;
+                Ok(Some(asked))
+            }
+            (Some(own), None) => Ok(Some(own.to_owned())),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The one project the caller may see, for a token scoped to a project.
     pub fn only_project(&self) -> Option<&str> {
         match self {

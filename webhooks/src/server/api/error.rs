@@ -150,19 +150,27 @@ impl<S: Send + Sync> FromRequestParts<S> for RunPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-        raw.parse::<i64>()
-            .ok()
-            .and_then(RunId::new)
+        let id = positive_id(parts, state, "run").await?;
+        RunId::new(id)
             .map(RunPath)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!("run id `{raw}` is not a positive integer"),
-                )
-                .on_field("id")
-            })
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, format!("run id {id}")))
     }
+}
+
+/// The `{id}` path parameter as a positive integer; `400` naming `what` (`run`, `event`) else.
+pub async fn positive_id<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    what: &str,
+) -> Result<i64, ApiError> {
+    let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("{what} id `{raw}` is not a positive integer"),
+        )
+        .on_field("id")
+    })
 }

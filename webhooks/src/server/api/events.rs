@@ -4,12 +4,12 @@
 //! repository, its project was removed) as `failed`, and a retry puts it back in line.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use ferry_engine::store::{EventId, EventState, StoreError, StoredEvent, now_millis};
 
 use super::auth::{Reader, Writer};
-use super::error::{ApiError, ApiQuery};
+use super::error::{ApiError, ApiQuery, positive_id};
 use super::types::{
     DeliveryList, DeliveryQuery, DeliveryState, DeliverySummary, ErrorCode, rfc3339,
 };
@@ -24,14 +24,7 @@ pub async fn list(
     Reader(caller): Reader,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let project = match (caller.only_project(), q.project) {
-        (_, Some(asked)) => {
-            caller.check(&asked)?;
-            Some(asked)
-        }
-        (Some(own), None) => Some(own.to_owned()),
-        (None, None) => None,
-    };
+    let project = caller.project_filter(q.project)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::new(
@@ -118,19 +111,7 @@ impl<S: Send + Sync> FromRequestParts<S> for EventPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-        raw.parse::<i64>()
-            .ok()
-            .filter(|id| *id > 0)
-            .map(|id| EventPath(EventId(id)))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!("event id `{raw}` is not a positive integer"),
-                )
-                .on_field("id")
-            })
+        let id = positive_id(parts, state, "event").await?;
+        Ok(EventPath(EventId(id)))
     }
 }

@@ -29,14 +29,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<RunQuery>,
 ) -> Result<Json<RunList>, ApiError> {
     // A project token sees its own project only: asking for another is `403`.
-    let project = match (caller.only_project(), q.project) {
-        (_, Some(asked)) => {
-            caller.check(&asked)?;
-            Some(asked)
-        }
-        (Some(own), None) => Some(own.to_owned()),
-        (None, None) => None,
-    };
+    let project = caller.project_filter(q.project)?;
     let filter = RunFilter {
         project,
         pipeline: q.pipeline,
