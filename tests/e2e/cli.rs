@@ -578,3 +578,73 @@ fn the_binary_is_position_dependent_unless_built_with_ferry_pie() {
         option_env!("FERRY_PIE")
     );
 }
+
+#[test]
+fn serve_check_says_what_ferry_would_start_with_or_every_reason_it_would_not() {
+    let dir = ferry_tests::TempDir::new("serve-check");
+    let config = "executor: argo\nargo: { kubeconfig: kube/config }\n\
+         database_url: postgres://ferry:hunter2@db.example.com/ferry\n\
+         projects:\n\
+         \x20 - { name: resnet, repo: \"https://gitlab.example.com/ml/resnet.git\", forge: gitlab, \
+         webhook_secret_env: FERRY_CHECK_TEST_SECRET, token_env: FERRY_CHECK_TEST_TOKEN }\n";
+    dir.write("ferry.yaml", config);
+    let check = |secret: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-under-test"));
+        command
+            .args(["serve", "--check"])
+            .current_dir(dir.path())
+            .env_remove("FERRY_DATABASE_URL")
+            .env_remove("FERRY_CHECK_TEST_SECRET")
+            .env_remove("FERRY_CHECK_TEST_TOKEN");
+        if let Some(secret) = secret {
+            command.env("FERRY_CHECK_TEST_SECRET", secret);
+        }
+        let out = command.output().expect("ferry serve --check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Both reasons at once; the password never printed.
+    let (code, stdout, stderr) = check(None);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("database    postgres://ferry:***@db.example.com/ferry\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("executor    argo\n"), "{stdout}");
+    assert!(stdout.contains("projects    resnet\n"), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+    assert_eq!(
+        stderr,
+        "warning: project `resnet`: environment variable FERRY_CHECK_TEST_TOKEN (token_env) is not set\n\
+         error: project `resnet`: environment variable FERRY_CHECK_TEST_SECRET (webhook_secret_env) is not set\n\
+         error: argo.kubeconfig kube/config is not a file\n\
+         ferry serve would refuse to start\n"
+    );
+
+    // Fixed: it would start (the token is only a warning: ferry clones anonymously without it).
+    dir.write("kube/config", "apiVersion: v1\nkind: Config\n");
+    let (code, stdout, stderr) = check(Some("s3cret"));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.ends_with("ok: ferry serve would start with this\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
+
+    // An invalid config: every problem, exit 1.
+    dir.write("ferry.yaml", "listn: 1\nexecutor: argoo\n");
+    let (code, stdout, stderr) = check(Some("s3cret"));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("ferry.yaml:1:1: listn: unknown field `listn`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ferry.yaml:2:11: executor: unknown variant `argoo`, expected one of `local`, `argo`; did you mean `argo`?"),
+        "{stderr}"
+    );
+}

@@ -40,6 +40,11 @@ enum Command {
         /// Listen here instead of the config's `listen` (`127.0.0.1:0` picks a free port).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Check the config, the profile and the environment variables they name, print what
+        /// ferry would start with, and exit: 0 when it would start, 1 otherwise. Connects to
+        /// nothing (no database, forge or cluster).
+        #[arg(long)]
+        check: bool,
     },
     /// Check pipeline files and print every problem as file:line:col: field: message.
     Validate {
@@ -100,8 +105,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve {
             config,
+            check: true,
+            ..
+        } => check_config(config.as_deref()),
+        Command::Serve {
+            config,
             log_format,
             listen,
+            check: false,
         } => serve(config.as_deref(), log_format, listen),
         Command::Validate { path, profile } => validate(
             path.as_deref().unwrap_or(Path::new(".")),
@@ -144,6 +155,93 @@ fn serve(
         .build()?;
     runtime.block_on(crate::server::serve(loaded, secrets))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry serve --check`: what `ferry serve` would start with, or every reason it would not.
+fn check_config(config: Option<&Path>) -> Result<ExitCode> {
+    let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    let loaded = match crate::server::load_config(config, env("FERRY_DATABASE_URL")) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let c = &loaded.config;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for p in &c.projects {
+        if let Some(var) = p.webhook_secret_env.as_deref().filter(|v| env(v).is_none()) {
+            errors.push(format!(
+                "project `{}`: environment variable {var} (webhook_secret_env) is not set",
+                p.name
+            ));
+        }
+        for (key, var) in [
+            ("token_env", &p.token_env),
+            ("github_app_id_env", &p.github_app_id_env),
+            ("github_app_key_env", &p.github_app_key_env),
+        ] {
+            if let Some(var) = var.as_deref().filter(|v| env(v).is_none()) {
+                warnings.push(format!(
+                    "project `{}`: environment variable {var} ({key}) is not set",
+                    p.name
+                ));
+            }
+        }
+    }
+    if let Some(file) = c.argo.kubeconfig.as_deref().filter(|f| !f.is_file()) {
+        let message = format!("argo.kubeconfig {} is not a file", file.display());
+        if c.executor == ferry_engine::config::ExecutorKind::Argo {
+            errors.push(message);
+        } else {
+            warnings.push(message);
+        }
+    }
+    let names: Vec<&str> = c.projects.iter().map(|p| p.name.as_str()).collect();
+    println!("{}", loaded.source);
+    println!("listen      {}", c.listen);
+    println!(
+        "database    {}",
+        ferry_engine::config::redact_url(&c.database_url)
+    );
+    println!("data_dir    {}", c.data_dir.display());
+    println!("executor    {}", executor_word(c.executor));
+    println!(
+        "profile     {} GPU types, {} queues, {} priorities, {} node groups",
+        loaded.profile.gpu_types.len(),
+        loaded.profile.queues.len(),
+        loaded.profile.priorities.len(),
+        loaded.profile.node_groups.len()
+    );
+    println!(
+        "projects    {}",
+        if names.is_empty() {
+            "(none)".to_owned()
+        } else {
+            names.join(", ")
+        }
+    );
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if errors.is_empty() {
+        println!("ok: ferry serve would start with this");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("ferry serve would refuse to start");
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn executor_word(kind: ferry_engine::config::ExecutorKind) -> &'static str {
+    match kind {
+        ferry_engine::config::ExecutorKind::Local => "local",
+        ferry_engine::config::ExecutorKind::Argo => "argo",
+    }
 }
 
 fn init_logs(format: LogFormat) {
