@@ -446,3 +446,61 @@ fn the_structural_walk_accepts_every_example() {
         );
     }
 }
+
+#[test]
+fn every_misspelt_key_of_every_example_is_reported_alone_at_its_line() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let profile = Profile::from_yaml(
+        "profile.yaml",
+        &std::fs::read_to_string(root.join("examples/profile.yaml")).expect("profile"),
+    )
+    .expect("the example profile");
+    let files = read_dir(&root.join("examples/pipelines")).expect("examples");
+    let mut checked = 0;
+    for (file, bytes) in files {
+        let text = String::from_utf8(bytes).expect("utf-8");
+        for (index, line) in text.lines().enumerate() {
+            let body = line.trim_start().trim_start_matches("- ");
+            let Some((key, _)) = body.split_once(':') else {
+                continue;
+            };
+            if key.is_empty()
+                || line.trim_start().starts_with('#')
+                || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                continue;
+            }
+            let column = line.len() - body.len() + 1;
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            lines[index] = format!("{}{key}zz{}", &line[..column - 1], &body[key.len()..]);
+            let mutated = lines.join("\n") + "\n";
+            let Err(Problems(problems)) = load(&file, &mutated, Some(&profile)) else {
+                // A key of a free-form mapping (`params`, `env`, `node_selector`): any name goes.
+                continue;
+            };
+            let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert_eq!(
+                problems.len(),
+                1,
+                "{file}:{}: `{key}zz`: {messages:#?}",
+                index + 1
+            );
+            let p = &problems[0];
+            assert_eq!(
+                (p.line as usize, p.column as usize),
+                (index + 1, column),
+                "{}",
+                messages[0]
+            );
+            assert!(
+                p.message
+                    .starts_with(&format!("unknown field `{key}zz`, expected one of "))
+                    && p.message.ends_with(&format!("did you mean `{key}`?")),
+                "{}",
+                messages[0]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} keys were checked");
+}

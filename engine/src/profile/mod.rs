@@ -283,7 +283,6 @@ limits: { max_gpus: 8 }
             lines,
             vec![
                 "profile.yaml:2:43: gpu_types.A100.vgpu: unknown variant `hammi`, expected one of `hami`; did you mean `hami`?",
-                "profile.yaml:3:9: gpu_types.H100: missing field `resource`",
                 "profile.yaml:3:11: gpu_types.H100.resorce: unknown field `resorce`, expected one of `node_selector`, `resource`, `tolerations`, `vgpu`; did you mean `resource`?",
                 "profile.yaml:4:9: queues: expected a list, found `team-a`",
                 "profile.yaml:5:11: limits.max_gpus: unknown field `max_gpus`, expected one of `max_gpus_per_step`, `max_nodes`, `max_timeout`",

@@ -188,6 +188,8 @@ impl<'s> Walker<'s> {
     fn walk_mapping(&mut self, map: &Map<String, Value>, schema: &'s Value, path: &str) {
         let properties = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties");
+        // Fields an unknown key was taken for ("did you mean"): not also reported missing.
+        let mut suggested: Vec<&str> = Vec::new();
         for (key, value) in map {
             if let Some(field) = properties.and_then(|p| p.get(key)) {
                 self.walk(value, field, &child(path, key));
@@ -210,6 +212,7 @@ impl<'s> Walker<'s> {
                     );
                     if let Some(best) = did_you_mean(key, names.iter().copied()) {
                         message.push_str(&format!("; did you mean `{best}`?"));
+                        suggested.push(best);
                     }
                     self.out
                         .push((format!("{}@key", child(path, key)), message));
@@ -219,7 +222,7 @@ impl<'s> Walker<'s> {
         }
         if let Some(required) = schema.get("required").and_then(Value::as_array) {
             for name in required.iter().filter_map(Value::as_str) {
-                if !map.contains_key(name) {
+                if !map.contains_key(name) && !suggested.contains(&name) {
                     self.out
                         .push((path.to_owned(), format!("missing field `{name}`")));
                 }
