@@ -308,6 +308,24 @@ macro_rules! impl_columns {
 impl_columns!(SqliteRow);
 impl_columns!(PgRow);
 
+impl StoreError {
+    /// Whether SQLite answered `SQLITE_BUSY` ("database is locked", any extended code). Only
+    /// meaningful for SQLite: PostgreSQL's codes are SQLSTATEs.
+    fn is_sqlite_busy(&self) -> bool {
+        let source = match self {
+            StoreError::Database(e) | StoreError::Migration { source: e, .. } => e,
+            _ => return false,
+        };
+        match source {
+            sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|code| code & 0xff == 5),
+            _ => false,
+        }
+    }
+}
+
 /// Whether a URL names PostgreSQL.
 fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -321,6 +339,28 @@ impl Store {
     /// `synchronous=FULL`, foreign keys on and a busy timeout. Migrations are applied before this
     /// returns; several processes may open the same database at once.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if is_postgres_url(url) {
+            return Store::open_once(url).await;
+        }
+        // Two processes creating one new SQLite file at once (`ferry serve` and `ferry token
+        // create`, a test and its server) can meet where SQLite answers `SQLITE_BUSY` at once
+        // instead of waiting (switching a new file to WAL, a lock upgrade it refuses to avoid
+        // deadlock). Opening is idempotent, so it is tried again for as long as the busy timeout.
+        let deadline = tokio::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match Store::open_once(url).await {
+                Err(e) if e.is_sqlite_busy() && tokio::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, "the database is busy while opening; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn open_once(url: &str) -> Result<Store, StoreError> {
         let pools = if is_postgres_url(url) {
             let pool = PgPoolOptions::new()
                 .max_connections(16)

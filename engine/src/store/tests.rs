@@ -690,3 +690,26 @@ async fn postgres_with_sslmode_require_connects_over_tls() {
         .await
         .expect("drop schema");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_processes_may_create_and_open_one_sqlite_database_at_once() {
+    // Each `Store::open` is its own pool, as each process has its own: the first creates the file
+    // and switches it to WAL while the others connect and migrate.
+    for round in 0..20 {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("new.db").display());
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::open(&url).await })
+            })
+            .collect();
+        for open in opens {
+            let store = open
+                .await
+                .expect("join")
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            store.close().await;
+        }
+    }
+}
