@@ -1063,18 +1063,8 @@ async fn deliveries_whose_planning_failed_are_listed_and_a_failed_one_can_be_ret
         }
     };
     // alpha: a commit that was force-pushed away, given up on; beta: the forge is down.
-    let gone = insert("alpha", "d-1", &"1".repeat(40)).await;
-    for _ in 0..MAX_EVENT_ATTEMPTS {
-        h.store
-            .mark_event_failed_attempt(
-                gone,
-                "commit 1111 is not in the mirror",
-                0,
-                Failure::Permanent,
-            )
-            .await
-            .expect("fail");
-    }
+    let error = "commit 1111 is not in the mirror";
+    let gone = ferry_tests::failed_delivery(&h.store, "alpha", "d-1", error).await;
     let down = insert("beta", "d-2", &h.sha).await;
     h.store
         .mark_event_failed_attempt(

@@ -11,7 +11,7 @@ use ferry_engine::store::{EventId, EventState, StoreError, StoredEvent, now_mill
 use super::auth::{Reader, Writer};
 use super::error::{ApiError, ApiQuery, positive_id};
 use super::types::{
-    DeliveryList, DeliveryQuery, DeliveryState, DeliverySummary, ErrorCode, rfc3339,
+    DeliveryFilter, DeliveryList, DeliveryQuery, DeliveryState, DeliverySummary, ErrorCode, rfc3339,
 };
 use crate::server::AppState;
 
@@ -34,8 +34,8 @@ pub async fn list(
         .on_field("limit"));
     }
     let wanted = q.state.map(|s| match s {
-        DeliveryState::Retrying => EventState::Pending,
-        DeliveryState::Failed => EventState::Failed,
+        DeliveryFilter::Retrying => EventState::Pending,
+        DeliveryFilter::Failed => EventState::Failed,
     });
     let events = state
         .store
@@ -87,7 +87,8 @@ fn summary(e: &StoredEvent) -> DeliverySummary {
         EventState::Failed => DeliveryState::Failed,
         // A pending event listed here has failed at least once; one put back in line by hand
         // is pending too, until it is planned.
-        EventState::Pending | EventState::Planned => DeliveryState::Retrying,
+        EventState::Pending => DeliveryState::Retrying,
+        EventState::Planned => DeliveryState::Planned,
     };
     DeliverySummary {
         id: e.id.0,

@@ -361,6 +361,18 @@ pub enum DeliveryState {
     /// Given up on: its commit is not in the repository, or its project is no longer configured.
     /// `POST /api/v1/events/{id}/retry` puts it back in line.
     Failed,
+    /// Planned: its runs exist (seen only in the answer of a retry that was planned at once).
+    Planned,
+}
+
+/// Which deliveries `GET /api/v1/events` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryFilter {
+    /// Only those retried with back-off.
+    Retrying,
+    /// Only those given up on.
+    Failed,
 }
 
 /// A stored delivery whose planning failed.
@@ -404,7 +416,7 @@ pub struct DeliveryQuery {
     pub project: Option<String>,
     /// Only deliveries in this state (default: both).
     #[serde(default)]
-    pub state: Option<DeliveryState>,
+    pub state: Option<DeliveryFilter>,
     /// At most this many (1 to 500, default 50).
     #[serde(default)]
     pub limit: Option<u32>,
