@@ -168,15 +168,9 @@ fn check_config(config: Option<&Path>) -> Result<ExitCode> {
         }
     };
     let c = &loaded.config;
-    let mut errors = Vec::new();
+    let mut errors = crate::server::missing_secrets(c, env);
     let mut warnings = Vec::new();
     for p in &c.projects {
-        if let Some(var) = p.webhook_secret_env.as_deref().filter(|v| env(v).is_none()) {
-            errors.push(format!(
-                "project `{}`: environment variable {var} (webhook_secret_env) is not set",
-                p.name
-            ));
-        }
         for (key, var) in [
             ("token_env", &p.token_env),
             ("github_app_id_env", &p.github_app_id_env),

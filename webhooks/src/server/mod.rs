@@ -15,7 +15,7 @@ pub mod metrics;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -123,22 +123,38 @@ fn read_config(path: &Path) -> Result<Config> {
         .map_err(|e| anyhow!("invalid config:\n{e}"))
 }
 
-/// Reads each project's webhook secret from the environment variable it names.
+/// Reads each project's webhook secret from the environment variable it names; every variable
+/// that is unset is named at once.
 pub fn read_secrets(config: &Config, env: impl Fn(&str) -> Option<String>) -> Result<Secrets> {
+    let missing = missing_secrets(config, &env);
+    if !missing.is_empty() {
+        bail!("{}", missing.join("\n"));
+    }
     let mut secrets = Secrets::new();
     for p in &config.projects {
-        let Some(var) = &p.webhook_secret_env else {
-            continue;
-        };
-        let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-            anyhow!(
-                "project `{}`: environment variable {var} (webhook_secret_env) is not set",
-                p.name
-            )
-        })?;
-        secrets.insert(p.name.clone(), Secret::new(value.into_bytes()));
+        if let Some(value) = p.webhook_secret_env.as_deref().and_then(&env) {
+            secrets.insert(p.name.clone(), Secret::new(value.into_bytes()));
+        }
     }
     Ok(secrets)
+}
+
+/// Every project whose `webhook_secret_env` names a variable that is unset or empty, as the
+/// sentences `ferry serve` refuses to start with.
+pub fn missing_secrets(config: &Config, env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    config
+        .projects
+        .iter()
+        .filter_map(|p| {
+            let var = p.webhook_secret_env.as_deref()?;
+            env(var).filter(|v| !v.is_empty()).is_none().then(|| {
+                format!(
+                    "project `{}`: environment variable {var} (webhook_secret_env) is not set",
+                    p.name
+                )
+            })
+        })
+        .collect()
 }
 
 /// Clone credentials per project, read once from the environment: the project's `token_env` as
@@ -418,6 +434,31 @@ mod tests {
             "postgres://ferry:***@db/ferry"
         );
         assert_eq!(redact_url("sqlite://ferry.db"), "sqlite://ferry.db");
+    }
+
+    #[test]
+    fn every_unset_webhook_secret_is_named_at_once() {
+        let text = "projects:
+  - { name: a, repo: https://gitlab.example.com/a.git, forge: gitlab, webhook_secret_env: SA }
+  - { name: b, repo: https://gitlab.example.com/b.git, forge: gitlab, webhook_secret_env: SB }
+  - { name: c, repo: https://gitlab.example.com/c.git, forge: gitlab, webhook_secret_env: SC }
+  - { name: d, repo: https://gitlab.example.com/d.git, forge: none }
+";
+        let config = Config::from_yaml("ferry.yaml", text).expect("valid");
+        let env = |var: &str| match var {
+            "SA" => Some("secret".to_owned()),
+            "SB" => Some(String::new()),
+            _ => None,
+        };
+        let err = read_secrets(&config, env).expect_err("two are missing");
+        assert_eq!(
+            err.to_string(),
+            "project `b`: environment variable SB (webhook_secret_env) is not set\n\
+             project `c`: environment variable SC (webhook_secret_env) is not set"
+        );
+        let all = |var: &str| Some(format!("{var}-value"));
+        let secrets = read_secrets(&config, all).expect("all set");
+        assert_eq!(secrets.len(), 3);
     }
 
     #[test]
