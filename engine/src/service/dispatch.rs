@@ -60,9 +60,9 @@ const BATCH: u32 = 64;
 /// Longest wait between submission attempts of a run the executor cannot take now.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Lines of a failed step's log kept for the summary and the dashboard.
-const LOG_TAIL_LINES: u32 = 30;
+pub const LOG_TAIL_LINES: u32 = 30;
 /// Bytes of it kept at most (a summary note must stay readable and within forge limits).
-const LOG_TAIL_BYTES: usize = 8 * 1024;
+pub const LOG_TAIL_BYTES: usize = 8 * 1024;
 /// Longest wait for the executor to read a log tail (the observer waits meanwhile).
 const LOG_TAIL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on the compare-and-set retries of one observation (each retry re-reads the store).

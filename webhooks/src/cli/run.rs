@@ -20,6 +20,7 @@ use ferry_engine::executor::{
 };
 use ferry_engine::pipeline::{self, EventKind};
 use ferry_engine::render::{RunContext, decide_skips};
+use ferry_engine::service::dispatch::{LOG_TAIL_BYTES, LOG_TAIL_LINES};
 use ferry_engine::service::summary::redact;
 use ferry_engine::store::{RunId, StepState};
 use tokio::sync::mpsc;
@@ -213,10 +214,6 @@ async fn follow(
     })
 }
 
-/// How much of a failed step's log `ferry run` prints (as much as a merge request's summary shows).
-const TAIL_LINES: u32 = 30;
-const TAIL_BYTES: usize = 8 * 1024;
-
 /// Prints the end of a failed step's log (its latest attempt), secrets redacted as in the merge
 /// request summary, so that the reason is on screen without opening the log file.
 async fn print_tail(executor: &LocalExecutor, job: &Job, step: &str) {
@@ -225,8 +222,9 @@ async fn print_tail(executor: &LocalExecutor, job: &Job, step: &str) {
         namespace: None,
         pipeline: &job.pipeline,
         step,
-        lines: TAIL_LINES,
-        bytes: TAIL_BYTES,
+        // As much as a merge request's summary shows.
+        lines: LOG_TAIL_LINES,
+        bytes: LOG_TAIL_BYTES,
     };
     match executor.log_tail(request).await {
         Ok(Some(log)) if !log.text.trim().is_empty() => {
