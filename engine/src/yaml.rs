@@ -72,6 +72,16 @@ pub fn parse_all<T: DeserializeOwned + schemars::JsonSchema>(
     Err(Problems(problems))
 }
 
+/// What the shape walk finds in `text` read as `T` (tests: a valid file must give nothing).
+#[cfg(test)]
+pub(crate) fn shape_problems<T: schemars::JsonSchema>(
+    file: &str,
+    text: &str,
+) -> Vec<(String, String)> {
+    let doc: serde_json::Value = parse(file, text).expect("readable YAML");
+    structure::problems(&doc, &schemars::schema_for!(T).to_value())
+}
+
 fn options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;

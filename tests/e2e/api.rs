@@ -123,6 +123,29 @@ impl Reply {
     }
 }
 
+/// A GitLab push of `sha` to `main` of `ml/alpha` by `ada`.
+fn push_to_main(sha: &str) -> Event {
+    Event {
+        forge: ForgeKind::Gitlab,
+        repo: RepoIdentity {
+            full_name: "ml/alpha".into(),
+            urls: vec![],
+        },
+        kind: ferry_engine::event::EventKind::BranchPush(BranchPush {
+            branch: "main".into(),
+            before: None,
+            after: Some(sha.into()),
+            change: BranchChange::Updated,
+            head_message: None,
+            pusher: Actor {
+                login: "ada".into(),
+                id: Some(1),
+            },
+            default_branch: Some("main".into()),
+        }),
+    }
+}
+
 async fn harness(extra_config: &str) -> Harness {
     let repo = TempDir::new("api-upstream");
     let sha = upstream(repo.path());
@@ -752,25 +775,7 @@ async fn a_run_shows_steps_metrics_against_the_baseline_links_and_who() {
     let baseline = h.stored_run("alpha", Some("main"), None).await;
     h.finish(baseline, RunState::Succeeded, 0.8).await;
     // A run started by a push delivery: the event names the pusher.
-    let event = Event {
-        forge: ForgeKind::Gitlab,
-        repo: RepoIdentity {
-            full_name: "ml/alpha".into(),
-            urls: vec![],
-        },
-        kind: ferry_engine::event::EventKind::BranchPush(BranchPush {
-            branch: "main".into(),
-            before: None,
-            after: Some(h.sha.clone()),
-            change: BranchChange::Updated,
-            head_message: None,
-            pusher: Actor {
-                login: "ada".into(),
-                id: Some(1),
-            },
-            default_branch: Some("main".into()),
-        }),
-    };
+    let event = push_to_main(&h.sha);
     let Inserted::New(event_id) = h
         .store
         .insert_event("alpha", ForgeKind::Gitlab, "delivery-1", &event)
@@ -1032,27 +1037,8 @@ async fn cancelling_a_queued_run_cancels_it_and_its_steps_and_finished_runs_refu
 #[tokio::test]
 async fn deliveries_whose_planning_failed_are_listed_and_a_failed_one_can_be_retried() {
     let h = harness("").await;
-    let push = |sha: &str| Event {
-        forge: ForgeKind::Gitlab,
-        repo: RepoIdentity {
-            full_name: "ml/alpha".into(),
-            urls: vec![],
-        },
-        kind: ferry_engine::event::EventKind::BranchPush(BranchPush {
-            branch: "main".into(),
-            before: None,
-            after: Some(sha.into()),
-            change: BranchChange::Updated,
-            head_message: None,
-            pusher: Actor {
-                login: "ada".into(),
-                id: Some(1),
-            },
-            default_branch: Some("main".into()),
-        }),
-    };
     let insert = |project: &'static str, key: &'static str, sha: &str| {
-        let event = push(sha);
+        let event = push_to_main(sha);
         let store = h.store.clone();
         async move {
             store

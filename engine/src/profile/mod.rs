@@ -295,8 +295,9 @@ limits: { max_gpus: 8 }
     fn the_shape_walk_accepts_the_example_profile() {
         let text = include_str!("../../../examples/profile.yaml");
         Profile::from_yaml("profile.yaml", text).expect("valid");
-        let doc: serde_json::Value = yaml::parse("profile.yaml", text).expect("yaml");
-        let schema = schemars::schema_for!(Profile).to_value();
-        assert_eq!(yaml::structure::problems(&doc, &schema), vec![]);
+        assert_eq!(
+            yaml::shape_problems::<Profile>("profile.yaml", text),
+            vec![]
+        );
     }
 }

@@ -202,14 +202,8 @@ impl<'s> Walker<'s> {
                     let names: Vec<&str> = properties
                         .map(|p| p.keys().map(String::as_str).collect())
                         .unwrap_or_default();
-                    let mut message = format!(
-                        "unknown field `{key}`, expected one of {}",
-                        names
-                            .iter()
-                            .map(|n| format!("`{n}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
+                    let mut message =
+                        format!("unknown field `{key}`, expected one of {}", quoted(&names));
                     if let Some(best) = did_you_mean(key, names.iter().copied()) {
                         message.push_str(&format!("; did you mean `{best}`?"));
                         suggested.push(best);
